@@ -1,0 +1,94 @@
+// The broker side: a ZeroMQ ROUTER socket bound with the routing id the broker addresses
+// ("recodex-monitor"). Receives only; never waits for anything on the browser side.
+import * as zmq from "zeromq";
+import type { Address } from "./config.ts";
+import { MonitorError } from "./errors.ts";
+import { parseFrames, type ParsedFrames } from "./frames.ts";
+
+export const ROUTING_ID = "recodex-monitor";
+
+export interface BrokerHandlers {
+  message(parsed: Extract<ParsedFrames, { kind: "message" }>): void;
+  invalid(reason: string, channel: string | undefined): void;
+  exit(): void;
+  peer(event: "connected" | "disconnected", address: string): void;
+}
+
+export function zmqEndpoint([host, port]: Address): string {
+  const h = host === "" || host === "0.0.0.0" ? "*" : host.includes(":") ? `[${host}]` : host;
+  return `tcp://${h}:${port === 0 ? "*" : port}`;
+}
+
+export class BrokerLink {
+  private readonly socket: zmq.Router;
+  private readonly handlers: BrokerHandlers;
+  private maxChannelLength: number;
+  private closed = false;
+  peers = 0;
+  endpoint = "";
+
+  constructor(handlers: BrokerHandlers, maxChannelLength: number) {
+    this.handlers = handlers;
+    this.maxChannelLength = maxChannelLength;
+    this.socket = new zmq.Router({ routingId: ROUTING_ID, linger: 0 });
+  }
+
+  setMaxChannelLength(n: number): void {
+    this.maxChannelLength = n;
+  }
+
+  async bind(address: Address): Promise<void> {
+    const endpoint = zmqEndpoint(address);
+    if (address[0].includes(":") || address[0] === "") this.socket.ipv6 = true;
+    try {
+      await this.socket.bind(endpoint);
+    } catch (err) {
+      this.socket.close();
+      const e = err as Error & { code?: string };
+      throw new MonitorError(
+        "RMON_ERR_BIND",
+        `cannot bind ZeroMQ socket to ${endpoint} (zeromq_uri): ${e.code ?? ""} ${e.message}`.replace(/\s+/g, " "),
+      );
+    }
+    this.endpoint = this.socket.lastEndpoint ?? endpoint;
+    void this.watchPeers();
+  }
+
+  /** Receives until close(); each message is handled synchronously before the next. */
+  async run(): Promise<void> {
+    const handlers = this.handlers;
+    try {
+      while (!this.closed) {
+        const frames = await this.socket.receive();
+        const parsed = parseFrames(frames, 1, this.maxChannelLength);
+        if (parsed.kind === "message") handlers.message(parsed);
+        else if (parsed.kind === "invalid") handlers.invalid(parsed.reason, parsed.channel);
+        else handlers.exit();
+      }
+    } catch (err) {
+      if (!this.closed) throw err;
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.close();
+  }
+
+  private async watchPeers(): Promise<void> {
+    try {
+      for await (const event of this.socket.events) {
+        if (event.type === "accept") {
+          this.peers++;
+          this.handlers.peer("connected", event.address);
+        } else if (event.type === "disconnect") {
+          this.peers = Math.max(0, this.peers - 1);
+          this.handlers.peer("disconnected", event.address);
+        }
+      }
+    } catch {
+      // The event stream ends with the socket.
+    }
+  }
+}

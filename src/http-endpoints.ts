@@ -1,0 +1,123 @@
+// Health and metrics over HTTP: /livez, /readyz and /metrics (Prometheus text format via
+// prom-client), served on the WebSocket port or on a port of their own (http.uri).
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { Counter, Gauge, Registry } from "prom-client";
+import type { Address } from "./config.ts";
+import { MonitorError } from "./errors.ts";
+import type { Monitor } from "./monitor.ts";
+
+export class HttpEndpoints {
+  private readonly monitor: Monitor;
+  readonly registry = new Registry();
+  private server: Server | null = null;
+  port = 0;
+
+  constructor(monitor: Monitor) {
+    this.monitor = monitor;
+    this.defineMetrics();
+  }
+
+  readonly handler = (req: IncomingMessage, res: ServerResponse): void => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      reply(res, 405, "method not allowed\n");
+    } else if (path === "/livez") {
+      reply(res, 200, "ok\n");
+    } else if (path === "/readyz") {
+      const state = this.monitor.state;
+      reply(res, state === "ready" ? 200 : 503, `${state}\n`);
+    } else if (path === "/metrics") {
+      this.registry.metrics().then(
+        (text) => reply(res, 200, text, this.registry.contentType),
+        (err: Error) => reply(res, 500, `metrics failed: ${err.message}\n`),
+      );
+    } else {
+      reply(res, 404, "not found: try /livez, /readyz or /metrics (WebSocket clients: connect with an Upgrade)\n");
+    }
+  };
+
+  async listen([host, port]: Address): Promise<void> {
+    const server = createServer(this.handler);
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", (err: Error & { code?: string }) =>
+        reject(new MonitorError("RMON_ERR_BIND", `cannot listen for HTTP on ${host || "*"}:${port} (http.uri): ${err.code ?? err.message}`)),
+      );
+      if (host === "") server.listen(port, () => resolve());
+      else server.listen(port, host, () => resolve());
+    });
+    const addr = server.address();
+    this.port = typeof addr === "object" && addr !== null ? addr.port : port;
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    if (server === null) return;
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  private defineMetrics(): void {
+    const m = this.monitor;
+    const registers = [this.registry];
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({ name, help, registers, collect() { this.set(read()); } });
+    // Counters mirror plain numbers kept on the hot path; prom-client reads them on scrape.
+    const counter = (name: string, help: string, read: () => number) => {
+      let last = 0;
+      return new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          const now = read();
+          if (now > last) this.inc(now - last);
+          last = now;
+        },
+      });
+    };
+    const s = m.store.counters;
+    const g = m.gateway.counters;
+    gauge("recodex_monitor_connections", "Open WebSocket connections", () => m.gateway.connections);
+    gauge("recodex_monitor_channels", "Channels kept", () => m.store.size);
+    gauge("recodex_monitor_stored_messages", "Messages kept for replay", () => m.store.totalMessages);
+    gauge("recodex_monitor_stored_bytes", "Bytes of messages kept for replay", () => m.store.totalBytes);
+    gauge("recodex_monitor_zeromq_peers", "Connected ZeroMQ peers (brokers)", () => m.broker.peers);
+    gauge("recodex_monitor_ready", "1 when ready to serve, 0 while starting or draining", () => (m.state === "ready" ? 1 : 0));
+    counter("recodex_monitor_messages_in_total", "Messages received from the broker and stored", () => s.published);
+    counter("recodex_monitor_messages_out_total", "Messages written to WebSocket clients (live and replay)", () => g.sentFrames);
+    counter("recodex_monitor_bytes_out_total", "Bytes of messages written to WebSocket clients", () => g.sentBytes);
+    counter("recodex_monitor_late_messages_total", "Messages after FINISHED, not delivered", () => s.late);
+    counter("recodex_monitor_malformed_zeromq_messages_total", "ZeroMQ messages skipped as malformed", () => m.counters.malformed);
+    counter("recodex_monitor_subscriptions_total", "Channel subscriptions (first messages accepted)", () => g.subscriptions);
+    counter("recodex_monitor_replays_total", "History replays started", () => s.replays);
+    counter("recodex_monitor_replayed_messages_total", "Messages sent from history", () => s.replayedMessages);
+    counter("recodex_monitor_resumes_total", "Subscriptions that resumed after an offset", () => g.resumes);
+    counter("recodex_monitor_slow_client_disconnects_total", "Clients dropped for exceeding limits.max_buffered_bytes", () => g.slowClients);
+    counter("recodex_monitor_ping_timeout_disconnects_total", "Clients dropped for not answering a keepalive ping", () => g.pingTimeouts);
+    counter("recodex_monitor_subscribe_timeouts_total", "Clients closed for sending no channel id in time", () => g.subscribeTimeouts);
+    counter("recodex_monitor_bad_first_messages_total", "Clients closed for a binary, empty or oversized first message", () => g.badFirstMessage);
+    counter("recodex_monitor_channels_expired_total", "Channels dropped after idle_ttl without a message", () => s.expired);
+    counter("recodex_monitor_channels_evicted_total", "Channels evicted at a retention cap", () => s.evicted);
+    counter("recodex_monitor_channels_finished_total", "Finished channels dropped after finished_ttl", () => s.finishedDropped);
+    counter("recodex_monitor_truncated_messages_total", "Messages dropped from history at a per-channel cap", () => s.truncatedMessages);
+    const lastRefused: Record<string, number> = {};
+    new Counter({
+      name: "recodex_monitor_refused_upgrades_total",
+      help: "WebSocket upgrades refused, by reason",
+      labelNames: ["reason"],
+      registers,
+      collect() {
+        for (const [reason, n] of Object.entries(g.refused)) {
+          this.inc({ reason }, Math.max(0, n - (lastRefused[reason] ?? 0)));
+          lastRefused[reason] = n;
+        }
+      },
+    });
+  }
+}
+
+function reply(res: ServerResponse, status: number, body: string, type = "text/plain; charset=utf-8"): void {
+  res.writeHead(status, { "Content-Type": type, "Cache-Control": "no-store" });
+  res.end(body);
+}

@@ -1,0 +1,122 @@
+// Logging through tslog with the original monitor's level names. The file sink is a
+// size-rotated stream (rotating-file-stream, logrotate-style names monitor.log.1 ...);
+// "-" writes to stderr, which journald picks up under systemd.
+import { closeSync, mkdirSync, openSync } from "node:fs";
+import { basename, dirname } from "node:path";
+import { createStream, type RotatingFileStream } from "rotating-file-stream";
+import { Logger as TsLogger, type ILogObj } from "tslog";
+import type { LogLevelName } from "./config.ts";
+import { MonitorError } from "./errors.ts";
+
+// tslog's numeric levels: 2 debug, 3 info, 4 warn, 5 error, 6 fatal.
+const TSLOG_LEVEL: Readonly<Record<LogLevelName, number>> = Object.freeze({
+  debug: 2,
+  info: 3,
+  warning: 4,
+  error: 5,
+  critical: 6,
+});
+
+const LABEL: Readonly<Record<number, string>> = Object.freeze({
+  2: "DEBUG",
+  3: "INFO",
+  4: "WARNING",
+  5: "ERROR",
+  6: "CRITICAL",
+});
+
+export interface LoggerOptions {
+  file: string;
+  level: LogLevelName;
+  "max-size": number;
+  rotations: number;
+}
+
+export class Log {
+  private readonly tslog: TsLogger<ILogObj>;
+  private readonly stream: RotatingFileStream | null;
+  private level: number;
+  readonly destination: string;
+
+  constructor(options: LoggerOptions) {
+    this.level = TSLOG_LEVEL[options.level];
+    this.destination = options.file === "-" ? "stderr" : options.file;
+    this.stream = options.file === "-" ? null : openRotating(options);
+    this.tslog = new TsLogger<ILogObj>({ type: "hidden", minLevel: this.level, stack: { capture: "off" } });
+    this.tslog.attachTransport((obj) => this.write(obj));
+  }
+
+  get debugEnabled(): boolean {
+    return this.level <= TSLOG_LEVEL.debug;
+  }
+
+  setLevel(level: LogLevelName): void {
+    this.level = TSLOG_LEVEL[level];
+    this.tslog.settings.minLevel = this.level;
+  }
+
+  debug(message: string): void {
+    if (this.level <= 2) this.tslog.debug(message);
+  }
+  info(message: string): void {
+    this.tslog.info(message);
+  }
+  warning(message: string): void {
+    this.tslog.warn(message);
+  }
+  error(message: string): void {
+    this.tslog.error(message);
+  }
+  critical(message: string): void {
+    this.tslog.fatal(message);
+  }
+
+  /** Writes out everything buffered and closes the file. */
+  async close(): Promise<void> {
+    const stream = this.stream;
+    if (stream === null) return;
+    await new Promise<void>((resolve) => {
+      stream.once("error", () => resolve());
+      stream.end(() => resolve());
+    });
+  }
+
+  private write(obj: ILogObj): void {
+    const meta = obj._logMeta as { logLevelId: number; date: Date } | undefined;
+    const text = String(obj[0] ?? "");
+    const line = `${timestamp(meta?.date ?? new Date())} [${LABEL[meta?.logLevelId ?? 3] ?? "INFO"}] ${text}\n`;
+    if (this.stream === null) {
+      process.stderr.write(line);
+    } else {
+      this.stream.write(line);
+    }
+  }
+}
+
+function timestamp(d: Date): string {
+  const p = (n: number, w = 2) => String(n).padStart(w, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())},${p(d.getMilliseconds(), 3)}`;
+}
+
+function openRotating(options: LoggerOptions): RotatingFileStream {
+  const file = options.file;
+  // Open synchronously once, so that an unwritable path is a start-up error rather than
+  // an asynchronous stream error after the monitor reports itself ready.
+  try {
+    mkdirSync(dirname(file), { recursive: true });
+    closeSync(openSync(file, "a"));
+  } catch (err) {
+    throw new MonitorError(
+      "RMON_ERR_LOG_FILE",
+      `log file ${file} cannot be opened for writing: ${(err as Error).message} (set logger.file to a writable path, or "-" for stderr)`,
+    );
+  }
+  const name = basename(file);
+  const stream = createStream((index: number | Date | null) => (index ? `${name}.${String(index)}` : name), {
+    path: dirname(file),
+    ...(options.rotations > 0 ? { size: `${options["max-size"]}B`, rotate: options.rotations } : {}),
+  });
+  // A log write failing later (disk full, file removed by hand) must not stop the relay.
+  stream.on("error", (err) => process.stderr.write(`recodex-monitor: log file ${file}: ${err.message}\n`));
+  return stream;
+}

@@ -1,0 +1,247 @@
+// Shared test tools: the real monitor as a child process, a real ZeroMQ ROUTER broker,
+// and real WebSocket clients, all on loopback.
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as zmq from "zeromq";
+import { WebSocket } from "ws";
+
+export const ROOT = fileURLToPath(new URL("..", import.meta.url));
+export const MAIN = join(ROOT, "src", "main.ts");
+
+export function tempDir(prefix = "rmon-test-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** A TCP port that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export interface MonitorProcess {
+  child: ChildProcess;
+  wsPort: number;
+  zmqPort: number;
+  configPath: string;
+  dir: string;
+  /** Everything written to stderr so far (the log, with logger.file "-"). */
+  output(): string;
+  /** Waits until the output matches, or fails after `ms`. */
+  waitFor(pattern: RegExp, ms?: number): Promise<string>;
+  /** Resolves with the exit code (or signal name) once the process has ended. */
+  exited: Promise<number | string>;
+  stop(signal?: NodeJS.Signals): Promise<number | string>;
+}
+
+export interface StartOptions {
+  /** YAML text appended to the generated config (ports and logger.file are set already). */
+  extraYaml?: string;
+  /** Command to run instead of `node src/main.ts` (e.g. the built binary). */
+  command?: string[];
+  env?: NodeJS.ProcessEnv;
+  waitReady?: boolean;
+}
+
+export async function startMonitor(options: StartOptions = {}): Promise<MonitorProcess> {
+  const dir = tempDir();
+  const wsPort = await freePort();
+  const zmqPort = await freePort();
+  const configPath = join(dir, "config.yml");
+  const extra = options.extraYaml ?? "";
+  const hasLogger = /^logger:/m.test(extra);
+  writeFileSync(
+    configPath,
+    `websocket_uri: ["127.0.0.1", ${wsPort}]\nzeromq_uri: ["127.0.0.1", ${zmqPort}]\n` +
+      (hasLogger ? "" : `logger:\n  file: "-"\n  level: debug\n`) +
+      extra,
+  );
+  const cmd = options.command ?? [process.execPath, MAIN];
+  const child = spawn(cmd[0], [...cmd.slice(1), "-c", configPath], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: options.env ?? process.env,
+  });
+  let out = "";
+  const waiters: { pattern: RegExp; resolve: (s: string) => void }[] = [];
+  const onData = (d: Buffer) => {
+    out += d.toString();
+    for (const w of [...waiters]) {
+      const m = out.match(w.pattern);
+      if (m) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(m[0]);
+      }
+    }
+  };
+  child.stdout!.on("data", onData);
+  child.stderr!.on("data", onData);
+  const exited = new Promise<number | string>((resolve) =>
+    child.on("exit", (code, signal) => resolve(code ?? signal ?? "unknown")),
+  );
+  const waitFor = (pattern: RegExp, ms = 10_000) =>
+    new Promise<string>((resolve, reject) => {
+      const m = out.match(pattern);
+      if (m) return resolve(m[0]);
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern}; output so far:\n${out}`)), ms);
+      waiters.push({
+        pattern,
+        resolve: (s) => {
+          clearTimeout(timer);
+          resolve(s);
+        },
+      });
+      void exited.then((code) => {
+        clearTimeout(timer);
+        if (!out.match(pattern)) reject(new Error(`monitor exited (${code}) before ${pattern}; output:\n${out}`));
+      });
+    });
+  const proc: MonitorProcess = {
+    child,
+    wsPort,
+    zmqPort,
+    configPath,
+    dir,
+    output: () => out,
+    waitFor,
+    exited,
+    async stop(signal = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+  if (options.waitReady !== false) await waitFor(/ready/);
+  return proc;
+}
+
+/** A ZeroMQ ROUTER that plays the broker: it connects and addresses "recodex-monitor". */
+export class Broker {
+  readonly socket: zmq.Router;
+
+  private constructor() {
+    this.socket = new zmq.Router({ mandatory: true, linger: 0 });
+  }
+
+  static async connect(port: number, host = "127.0.0.1"): Promise<Broker> {
+    const b = new Broker();
+    b.socket.connect(`tcp://${host.includes(":") ? `[${host}]` : host}:${port}`);
+    if (host.includes(":")) b.socket.ipv6 = true;
+    return b;
+  }
+
+  /** Sends raw frames after the routing id, retrying until the handshake has completed. */
+  async sendFrames(frames: (string | Buffer)[], timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await this.socket.send(["recodex-monitor", ...frames]);
+        return;
+      } catch (err) {
+        if ((err as { code?: string }).code !== "EHOSTUNREACH" || Date.now() > deadline) throw err;
+        await delay(10);
+      }
+    }
+  }
+
+  send(channel: string, command: string, ...rest: string[]): Promise<void> {
+    return this.sendFrames([channel, command, ...rest]);
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
+
+/** A WebSocket client that records every frame and how the connection closed. */
+export class Browser {
+  readonly ws: WebSocket;
+  readonly messages: string[] = [];
+  closed: { code: number; reason: string } | null = null;
+  readonly opened: Promise<void>;
+  readonly closedPromise: Promise<{ code: number; reason: string }>;
+  private waiters: (() => void)[] = [];
+
+  constructor(url: string, protocols?: string | string[], options: ConstructorParameters<typeof WebSocket>[2] = {}) {
+    this.ws = new WebSocket(url, protocols, { perMessageDeflate: false, ...options });
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.once("open", () => resolve());
+      this.ws.once("error", reject);
+      this.ws.once("unexpected-response", (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+    });
+    this.opened.catch(() => {});
+    this.ws.on("error", () => {});
+    this.ws.on("message", (data: Buffer, isBinary: boolean) => {
+      this.messages.push(isBinary ? `<binary ${data.length}>` : data.toString());
+      this.wake();
+    });
+    this.closedPromise = new Promise((resolve) =>
+      this.ws.on("close", (code: number, reason: Buffer) => {
+        this.closed = { code, reason: reason.toString() };
+        this.wake();
+        resolve(this.closed);
+      }),
+    );
+  }
+
+  static async open(port: number, channel?: string, path = "/"): Promise<Browser> {
+    const b = new Browser(`ws://127.0.0.1:${port}${path}`);
+    await b.opened;
+    if (channel !== undefined) b.ws.send(channel);
+    return b;
+  }
+
+  /** Waits until at least n messages have arrived (or the connection closed). */
+  async waitMessages(n: number, ms = 10_000): Promise<string[]> {
+    const deadline = Date.now() + ms;
+    while (this.messages.length < n) {
+      if (this.closed !== null) throw new Error(`closed (${this.closed.code}) after ${this.messages.length}/${n} messages`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out with ${this.messages.length}/${n} messages: ${JSON.stringify(this.messages.slice(-3))}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    return this.messages.slice(0, n);
+  }
+
+  async waitClose(ms = 10_000): Promise<{ code: number; reason: string }> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`not closed within ${ms} ms; got ${this.messages.length} messages`)), ms);
+    });
+    try {
+      return await Promise.race([this.closedPromise, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  close(): void {
+    this.ws.terminate();
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}
