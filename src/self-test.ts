@@ -1,5 +1,155 @@
-// `recodex-monitor check`: placeholder replaced below.
-import type { Config } from "./config.ts";
-export async function runSelfTest(_config: Config, _timeout: number, _print: (line: string) => void): Promise<number> {
-  return 6;
+// `recodex-monitor check`: plays the broker and a browser against the running monitor at
+// the configured addresses, pushes a test job through it and reports each step's timing.
+import { randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import { WebSocket } from "ws";
+import * as zmq from "zeromq";
+import { ROUTING_ID } from "./broker-link.ts";
+import type { Address, Config } from "./config.ts";
+import { EXIT } from "./errors.ts";
+import { encodeMessage } from "./frames.ts";
+
+function connectHost(host: string): string {
+  if (host === "" || host === "0.0.0.0") return "127.0.0.1";
+  if (host === "::") return "::1";
+  return host;
+}
+
+function hostPort([host, port]: Address): string {
+  const h = connectHost(host);
+  return `${h.includes(":") ? `[${h}]` : h}:${port}`;
+}
+
+class StepFailed extends Error {}
+
+export async function runSelfTest(config: Config, timeoutSeconds: number, print: (line: string) => void): Promise<number> {
+  const timeoutMs = timeoutSeconds * 1000;
+  const channel = `selftest_${randomBytes(8).toString("hex")}`;
+  const scheme = config.websocket.tls_cert !== null ? "wss" : "ws";
+  const wsUrl = `${scheme}://${hostPort(config.websocket_uri)}/`;
+  const zmqUrl = `tcp://${hostPort(config.zeromq_uri)}`;
+  const started = performance.now();
+  const cleanups: (() => void)[] = [];
+
+  const step = async <T>(what: string, action: () => Promise<T>): Promise<T> => {
+    const t0 = performance.now();
+    try {
+      const result = await withTimeout(action(), timeoutMs, what);
+      print(`ok    ${what} (${(performance.now() - t0).toFixed(1)} ms)`);
+      return result;
+    } catch (err) {
+      print(`FAIL  ${what}: ${(err as Error).message}`);
+      throw new StepFailed(what);
+    }
+  };
+
+  print(`recodex-monitor self-test: WebSocket ${wsUrl}, ZeroMQ ${zmqUrl}, channel ${channel}`);
+  try {
+    if (config.http.enabled) {
+      const httpUrl = config.http.uri === null ? wsUrl.replace(/^ws/, "http") : `http://${hostPort(config.http.uri)}/`;
+      await step(`GET ${httpUrl}readyz`, async () => {
+        const res = await fetch(`${httpUrl}readyz`).catch((err: Error) => {
+          throw new Error(`${err.message}${scheme === "wss" ? " (self-signed certificates are not accepted by this step)" : ""}`);
+        });
+        if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${(await res.text()).trim()}`);
+      });
+    }
+    const browser = await step("WebSocket connection", () => openClient(wsUrl, cleanups));
+    browser.ws.send(channel);
+    const broker = new zmq.Router({ mandatory: true, linger: 0 });
+    cleanups.push(() => broker.close());
+    if (zmqUrl.includes("[")) broker.ipv6 = true;
+    broker.connect(zmqUrl);
+    const sequence: string[][] = [["DOWNLOADED"], ["TASK", "selftest-task", "COMPLETED"], ["FINISHED"]];
+    const expected = sequence.map((values) => encodeMessage(values).toString("latin1"));
+    await step("ZeroMQ connection (handshake with recodex-monitor)", () =>
+      sendWhenConnected(broker, [channel, ...sequence[0]], timeoutMs),
+    );
+    await step(`relay of ${sequence[0].join(" ")}`, () => browser.next(expected[0]));
+    for (let i = 1; i < sequence.length; i++) {
+      await broker.send([ROUTING_ID, channel, ...sequence[i]]);
+      await step(`relay of ${sequence[i].join(" ")}`, () => browser.next(expected[i]));
+    }
+    await step("close with 1000 after FINISHED", () => browser.closedWith(1000));
+    const late = await step("second WebSocket connection", () => openClient(wsUrl, cleanups));
+    late.ws.send(channel);
+    await step("history replay to a late subscriber", async () => {
+      for (const e of expected) await late.next(e);
+      await late.closedWith(1000);
+    });
+    print(`PASS  round trip through the monitor in ${(performance.now() - started).toFixed(1)} ms`);
+    return EXIT.OK;
+  } catch (err) {
+    if (!(err instanceof StepFailed)) print(`FAIL  ${(err as Error).message}`);
+    print("the monitor did not relay the test job: see its log (logger.file) and `systemctl status recodex-monitor`");
+    return EXIT.CHECK_FAILED;
+  } finally {
+    for (const c of cleanups) c();
+  }
+}
+
+async function sendWhenConnected(socket: zmq.Router, frames: string[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await socket.send([ROUTING_ID, ...frames]);
+      return;
+    } catch (err) {
+      if ((err as { code?: string }).code !== "EHOSTUNREACH") throw err;
+      if (Date.now() > deadline) throw new Error("no ZeroMQ peer with routing id recodex-monitor answered at this address");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}
+
+interface Client {
+  ws: WebSocket;
+  next(expected: string): Promise<void>;
+  closedWith(code: number): Promise<void>;
+}
+
+function openClient(url: string, cleanups: (() => void)[]): Promise<Client> {
+  const ws = new WebSocket(url, { perMessageDeflate: false, rejectUnauthorized: false });
+  cleanups.push(() => ws.terminate());
+  const inbox: string[] = [];
+  let wake: (() => void) | null = null;
+  let closed: number | null = null;
+  ws.on("message", (data: Buffer) => {
+    inbox.push(data.toString());
+    wake?.();
+  });
+  ws.on("close", (code: number) => {
+    closed = code;
+    wake?.();
+  });
+  const waitFor = async (ready: () => boolean) => {
+    while (!ready()) await new Promise<void>((r) => (wake = r));
+  };
+  const client: Client = {
+    ws,
+    async next(expected) {
+      await waitFor(() => inbox.length > 0 || closed !== null);
+      const got = inbox.shift();
+      if (got === undefined) throw new Error(`connection closed with ${closed} before the message arrived`);
+      if (got !== expected) throw new Error(`expected ${expected}, got ${got}`);
+    },
+    async closedWith(code) {
+      await waitFor(() => closed !== null);
+      if (closed !== code) throw new Error(`closed with ${closed}, expected ${code}`);
+    },
+  };
+  return new Promise((resolve, reject) => {
+    ws.once("open", () => resolve(client));
+    ws.once("error", (err) => reject(new Error(`${err.message} (is the monitor running and websocket_uri right?)`)));
+  });
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout>;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no result within ${ms / 1000} s (${what})`)), ms);
+    }),
+  ]);
 }
