@@ -36,6 +36,8 @@ export class BrowserGateway {
   private readonly perIp = new Map<string, number>();
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   private dirty: Client[] = [];
+  private lastPayload: Buffer | null = null;
+  private lastFrame: Buffer = Buffer.alloc(0);
   private flushScheduled = false;
   private keepaliveTimer: ReturnType<typeof setInterval> | null = null;
   private nextId = 1;
@@ -193,6 +195,9 @@ export class BrowserGateway {
       return;
     }
     const client = new Client(this, ws, ip, this.nextId++, ws.protocol === RESUME_PROTOCOL);
+    // Without a negotiated extension a frame is plain bytes on the socket, so the gateway
+    // can write prepared frames itself; with permessage-deflate, ws has to compress them.
+    client.raw = ws.extensions === "";
     this.clients.add(client);
     this.perIp.set(ip, (this.perIp.get(ip) ?? 0) + 1);
     this.counters.accepted++;
@@ -298,11 +303,43 @@ export class BrowserGateway {
       return;
     }
     const socket = (ws as unknown as { _socket?: Socket })._socket;
-    socket?.cork();
-    for (let i = 0; i < frames.length; i++) ws.send(frames[i], SEND_TEXT);
-    socket?.uncork();
+    if (socket === undefined) return;
+    socket.cork();
+    if (client.raw) {
+      for (let i = 0; i < frames.length; i++) socket.write(this.textFrame(frames[i]));
+    } else {
+      for (let i = 0; i < frames.length; i++) ws.send(frames[i], SEND_TEXT);
+    }
+    socket.uncork();
     this.counters.sentFrames += frames.length;
     this.counters.sentBytes += bytes;
+  }
+
+  /**
+   * The WebSocket frame (unmasked, final, text) for a payload. A live message goes to
+   * every subscriber of its channel in a row, so one cached frame serves them all: the
+   * message is framed once however many tabs watch the job.
+   */
+  private textFrame(payload: Buffer): Buffer {
+    if (payload === this.lastPayload) return this.lastFrame;
+    const n = payload.length;
+    const header = n < 126 ? 2 : n < 65536 ? 4 : 10;
+    const frame = Buffer.allocUnsafe(header + n);
+    frame[0] = 0x81;
+    if (header === 2) {
+      frame[1] = n;
+    } else if (header === 4) {
+      frame[1] = 126;
+      frame.writeUInt16BE(n, 2);
+    } else {
+      frame[1] = 127;
+      frame.writeUInt32BE(0, 2);
+      frame.writeUInt32BE(n, 6);
+    }
+    payload.copy(frame, header);
+    this.lastPayload = payload;
+    this.lastFrame = frame;
+    return frame;
   }
 
   unsubscribe(client: Client): void {
@@ -367,6 +404,7 @@ class Client implements Subscriber {
   timer: ReturnType<typeof setTimeout> | null = null;
   alive = true;
   done = false;
+  raw = false;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
 

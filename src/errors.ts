@@ -48,5 +48,4 @@ export const CLOSE = Object.freeze({
   EVICTED: { code: 4001, reason: "channel evicted: monitor at capacity" },
   SUBSCRIBE_TIMEOUT: { code: 4002, reason: "no channel id received in time" },
   SLOW_CLIENT: { code: 4003, reason: "client too slow: outbound buffer limit exceeded" },
-  PING_TIMEOUT: { code: 4004, reason: "no answer to keepalive ping" },
 });
