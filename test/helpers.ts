@@ -2,7 +2,8 @@
 // and real WebSocket clients, all on loopback.
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
+import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -54,12 +55,15 @@ export interface StartOptions {
   command?: string[];
   env?: NodeJS.ProcessEnv;
   waitReady?: boolean;
+  /** Ports to use instead of fresh free ones (e.g. a port a test has bound already). */
+  wsPort?: number;
+  zmqPort?: number;
 }
 
 export async function startMonitor(options: StartOptions = {}): Promise<MonitorProcess> {
   const dir = tempDir();
-  const wsPort = await freePort();
-  const zmqPort = await freePort();
+  const wsPort = options.wsPort ?? (await freePort());
+  const zmqPort = options.zmqPort ?? (await freePort());
   const configPath = join(dir, "config.yml");
   const extra = options.extraYaml ?? "";
   const hasLogger = /^logger:/m.test(extra);
@@ -243,5 +247,173 @@ export class Browser {
     const w = this.waiters;
     this.waiters = [];
     for (const f of w) f();
+  }
+}
+
+// ---- Additions for the module and end-to-end tests ----
+
+export interface CliResult {
+  code: number | string;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `node src/main.ts ARGS` to completion (killed after `timeoutMs`). */
+export async function runCli(
+  args: string[],
+  options: { timeoutMs?: number; env?: NodeJS.ProcessEnv; command?: string[] } = {},
+): Promise<CliResult> {
+  const cmd = options.command ?? [process.execPath, MAIN];
+  const child = spawn(cmd[0], [...cmd.slice(1), ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: options.env ?? process.env,
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 10_000);
+  const code = await new Promise<number | string>((resolve) =>
+    child.on("close", (c, signal) => resolve(c ?? signal ?? "unknown")),
+  );
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
+/** Writes `yaml` to a config file in a fresh temporary directory and returns its path. */
+export function writeConfig(yaml: string, name = "config.yml"): string {
+  const path = join(tempDir(), name);
+  writeFileSync(path, yaml);
+  return path;
+}
+
+/** A plain HTTP GET on loopback: status and body. */
+export async function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(5000) });
+  return { status: res.status, body: await res.text() };
+}
+
+/** The value of a Prometheus gauge or counter (without labels) from /metrics. */
+export async function metric(port: number, name: string): Promise<number> {
+  const { body } = await httpGet(port, "/metrics");
+  const line = body.split("\n").find((l) => l.startsWith(name + " "));
+  if (line === undefined) throw new Error(`metric ${name} not found`);
+  return Number(line.slice(name.length + 1));
+}
+
+/** Polls `check` until it returns true, or fails after `ms`. */
+export async function waitUntil(check: () => boolean | Promise<boolean>, ms = 5000, what = "condition"): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await delay(20);
+  }
+}
+
+/** How many times `pattern` occurs in `text`. */
+export function count(text: string, pattern: RegExp): number {
+  return (text.match(new RegExp(pattern.source, pattern.flags.includes("g") ? pattern.flags : pattern.flags + "g")) ?? []).length;
+}
+
+/**
+ * A WebSocket client over a bare TCP socket, for frames the ws client will not send
+ * (a text frame that is not UTF-8). Reads the server's close frame.
+ */
+export class RawWebSocket {
+  readonly socket: Socket;
+  private buffer = Buffer.alloc(0);
+  closeCode: number | null = null;
+  readonly ended: Promise<void>;
+
+  private constructor(socket: Socket) {
+    this.socket = socket;
+    this.ended = new Promise((resolve) => socket.once("close", () => resolve()));
+    socket.on("error", () => {});
+  }
+
+  static async open(port: number, path = "/"): Promise<RawWebSocket> {
+    const socket = connect(port, "127.0.0.1");
+    await new Promise<void>((resolve, reject) => {
+      socket.once("connect", resolve);
+      socket.once("error", reject);
+    });
+    const key = randomBytes(16).toString("base64");
+    socket.write(
+      `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+    );
+    const raw = new RawWebSocket(socket);
+    await new Promise<void>((resolve, reject) => {
+      const onData = (d: Buffer) => {
+        raw.buffer = Buffer.concat([raw.buffer, d]);
+        const end = raw.buffer.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const head = raw.buffer.subarray(0, end).toString();
+        raw.buffer = raw.buffer.subarray(end + 4);
+        socket.off("data", onData);
+        socket.on("data", (more: Buffer) => raw.onData(more));
+        if (!head.startsWith("HTTP/1.1 101")) reject(new Error(`handshake failed: ${head.split("\r\n")[0]}`));
+        else resolve();
+        raw.parse();
+      };
+      socket.on("data", onData);
+      socket.once("close", () => reject(new Error("closed during handshake")));
+    });
+    return raw;
+  }
+
+  /** Sends one masked frame with the given opcode (1 text, 2 binary, 8 close). */
+  sendFrame(opcode: number, payload: Buffer): void {
+    if (payload.length > 125) throw new Error("short frames only");
+    const mask = randomBytes(4);
+    const masked = Buffer.from(payload.map((byte, i) => byte ^ mask[i % 4]));
+    this.socket.write(Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | payload.length]), mask, masked]));
+  }
+
+  /** Resolves with the close code the server sent (or null if it just hung up). */
+  async waitClose(ms = 5000): Promise<number | null> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([
+        this.ended,
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("raw socket not closed")), ms))),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+    return this.closeCode;
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private onData(d: Buffer): void {
+    this.buffer = Buffer.concat([this.buffer, d]);
+    this.parse();
+  }
+
+  private parse(): void {
+    while (this.buffer.length >= 2) {
+      const opcode = this.buffer[0] & 0x0f;
+      let len = this.buffer[1] & 0x7f;
+      let offset = 2;
+      if (len === 126) {
+        if (this.buffer.length < 4) return;
+        len = this.buffer.readUInt16BE(2);
+        offset = 4;
+      } else if (len === 127) {
+        if (this.buffer.length < 10) return;
+        len = Number(this.buffer.readBigUInt64BE(2));
+        offset = 10;
+      }
+      if (this.buffer.length < offset + len) return;
+      const payload = this.buffer.subarray(offset, offset + len);
+      this.buffer = this.buffer.subarray(offset + len);
+      if (opcode === 8) {
+        this.closeCode = payload.length >= 2 ? payload.readUInt16BE(0) : null;
+        this.socket.end();
+      }
+    }
   }
 }

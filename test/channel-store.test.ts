@@ -1,0 +1,364 @@
+// The channel store on its own, with an injected clock: history, replay, live delivery,
+// FINISHED, retention by time and by size.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ChannelStore, type CloseReason, type RetentionLimits, type Subscriber } from "../src/channel-store.ts";
+
+const LIMITS: RetentionLimits = {
+  finished_ttl: 300,
+  idle_ttl: 3600,
+  max_channels: 1000,
+  max_messages_per_channel: 10_000,
+  max_bytes_per_channel: 1024 * 1024,
+  max_total_bytes: 256 * 1024 * 1024,
+};
+
+class Clock {
+  t = 1_000_000;
+  now = (): number => this.t;
+  advance(seconds: number): void {
+    this.t += seconds * 1000;
+  }
+}
+
+class Sub implements Subscriber {
+  got: string[] = [];
+  offsets: number[] = [];
+  gaps: number[] = [];
+  ended: CloseReason | null = null;
+  send(json: Buffer, offset: number): void {
+    assert.equal(this.ended, null, "message after end");
+    this.got.push(json.toString());
+    this.offsets.push(offset);
+  }
+  gap(first: number): void {
+    this.gaps.push(first);
+  }
+  end(close: CloseReason): void {
+    assert.equal(this.ended, null, "ended twice");
+    this.ended = close;
+  }
+  /** The close code it was ended with (null while still subscribed). */
+  code(): number | null {
+    return this.code() ?? null;
+  }
+}
+
+const msg = (command: string, extra = ""): Buffer => Buffer.from(`{"command": "${command}"${extra}}`);
+
+function setup(limits: Partial<RetentionLimits> = {}) {
+  const clock = new Clock();
+  const dropped: { id: string; cause: string }[] = [];
+  const truncated: string[] = [];
+  const late: string[] = [];
+  const store = new ChannelStore(
+    { ...LIMITS, ...limits },
+    {
+      dropped: (ch, cause) => dropped.push({ id: ch.id, cause }),
+      truncated: (ch) => truncated.push(ch.id),
+      late: (ch, command) => late.push(`${ch.id}:${command}`),
+    },
+    clock.now,
+  );
+  const publish = (id: string, command: string, extra = "") => store.publish(id, command, msg(command, extra));
+  return { clock, store, dropped, truncated, late, publish };
+}
+
+test("a subscriber gets the history first, then live messages, in order", () => {
+  const { store, publish } = setup();
+  publish("c", "DOWNLOADED");
+  publish("c", "STARTED");
+  const sub = new Sub();
+  store.subscribe("c", sub);
+  assert.deepEqual(sub.got, [msg("DOWNLOADED").toString(), msg("STARTED").toString()]);
+  publish("c", "TASK");
+  assert.deepEqual(sub.got.at(-1), msg("TASK").toString());
+  assert.deepEqual(sub.offsets, [0, 1, 2]);
+  assert.equal(sub.ended, null);
+});
+
+test("every subscriber of a channel gets every message; other channels get none", () => {
+  const { store, publish } = setup();
+  const a = new Sub();
+  const b = new Sub();
+  const other = new Sub();
+  store.subscribe("c", a);
+  store.subscribe("c", b);
+  store.subscribe("d", other);
+  publish("c", "STARTED");
+  publish("c", "ENDED");
+  assert.deepEqual(a.got, [msg("STARTED").toString(), msg("ENDED").toString()]);
+  assert.deepEqual(b.got, a.got);
+  assert.deepEqual(other.got, []);
+});
+
+test("FINISHED is delivered and then every subscriber is ended with 1000", () => {
+  const { store, publish } = setup();
+  const a = new Sub();
+  store.subscribe("c", a);
+  publish("c", "STARTED");
+  publish("c", "FINISHED");
+  assert.deepEqual(a.got, [msg("STARTED").toString(), msg("FINISHED").toString()]);
+  assert.equal(a.code(), 1000);
+  assert.equal(store.get("c")?.subscribers.size, 0);
+});
+
+test("a subscriber after FINISHED gets the whole history, FINISHED included, then 1000", () => {
+  const { store, publish } = setup();
+  publish("c", "STARTED");
+  publish("c", "FINISHED");
+  const late = new Sub();
+  store.subscribe("c", late);
+  assert.deepEqual(late.got, [msg("STARTED").toString(), msg("FINISHED").toString()]);
+  assert.equal(late.code(), 1000);
+});
+
+test("messages after FINISHED are neither stored nor delivered", () => {
+  const { store, publish, late } = setup();
+  publish("c", "FINISHED");
+  publish("c", "STARTED");
+  publish("c", "FINISHED");
+  const sub = new Sub();
+  store.subscribe("c", sub);
+  assert.deepEqual(sub.got, [msg("FINISHED").toString()]);
+  assert.deepEqual(late, ["c:STARTED", "c:FINISHED"]);
+  assert.equal(store.counters.late, 2);
+});
+
+test("unsubscribe stops delivery to that subscriber only", () => {
+  const { store, publish } = setup();
+  const a = new Sub();
+  const b = new Sub();
+  store.subscribe("c", a);
+  store.subscribe("c", b);
+  store.unsubscribe("c", a);
+  publish("c", "STARTED");
+  assert.deepEqual(a.got, []);
+  assert.equal(b.got.length, 1);
+});
+
+test("a finished channel is dropped finished_ttl after FINISHED, not before", () => {
+  const { store, publish, clock, dropped } = setup({ finished_ttl: 300 });
+  publish("c", "STARTED");
+  publish("c", "FINISHED");
+  clock.advance(299);
+  store.sweep();
+  assert.ok(store.get("c"), "dropped too early");
+  clock.advance(1);
+  store.sweep();
+  assert.equal(store.get("c"), undefined);
+  assert.deepEqual(dropped, [{ id: "c", cause: "finished" }]);
+  const sub = new Sub();
+  store.subscribe("c", sub);
+  assert.deepEqual(sub.got, [], "a late subscriber must not get the old history");
+  assert.equal(store.totalBytes, 0);
+  assert.equal(store.totalMessages, 0);
+});
+
+test("a channel without messages for idle_ttl is dropped and its subscribers ended with 4000", () => {
+  const { store, publish, clock, dropped } = setup({ idle_ttl: 60 });
+  const sub = new Sub();
+  store.subscribe("c", sub);
+  publish("c", "STARTED");
+  clock.advance(59);
+  publish("c", "TASK");
+  clock.advance(59);
+  store.sweep();
+  assert.equal(sub.ended, null, "activity must re-arm the idle timer");
+  clock.advance(1);
+  store.sweep();
+  assert.equal(sub.code(), 4000);
+  assert.equal(store.get("c"), undefined);
+  assert.deepEqual(dropped, [{ id: "c", cause: "idle" }]);
+});
+
+test("a channel that only has a subscriber (no message ever) expires after idle_ttl", () => {
+  const { store, clock } = setup({ idle_ttl: 10 });
+  const sub = new Sub();
+  store.subscribe("never", sub);
+  clock.advance(10);
+  store.sweep();
+  assert.equal(sub.code(), 4000);
+  assert.equal(store.size, 0);
+});
+
+test("a second FINISHED does not re-arm the ttl of the finished channel", () => {
+  const { store, publish, clock } = setup({ finished_ttl: 100 });
+  publish("c", "FINISHED");
+  clock.advance(90);
+  publish("c", "FINISHED");
+  clock.advance(10);
+  store.sweep();
+  assert.equal(store.get("c"), undefined, "the first FINISHED sets the ttl");
+});
+
+test("a channel recreated under the same id survives its own lifetime after the old one was dropped", () => {
+  const { store, publish, clock } = setup({ finished_ttl: 100, idle_ttl: 1000 });
+  publish("c", "STARTED");
+  publish("c", "FINISHED");
+  publish("c", "FINISHED"); // late, ignored
+  clock.advance(100);
+  store.sweep();
+  assert.equal(store.get("c"), undefined);
+  publish("c", "DOWNLOADED");
+  const sub = new Sub();
+  store.subscribe("c", sub);
+  for (let i = 0; i < 5; i++) {
+    clock.advance(50);
+    store.sweep();
+  }
+  assert.equal(sub.ended, null, "the new channel was dropped by the old one's timer");
+  assert.deepEqual(sub.got, [msg("DOWNLOADED").toString()]);
+  publish("c", "FINISHED");
+  assert.equal(sub.code(), 1000);
+  clock.advance(99);
+  store.sweep();
+  assert.ok(store.get("c"));
+  clock.advance(1);
+  store.sweep();
+  assert.equal(store.get("c"), undefined);
+});
+
+test("at max_channels the oldest channel is evicted and its subscribers ended with 4001", () => {
+  const { store, publish, clock, dropped } = setup({ max_channels: 3 });
+  const first = new Sub();
+  store.subscribe("a", first);
+  publish("a", "STARTED");
+  clock.advance(1);
+  publish("b", "STARTED");
+  clock.advance(1);
+  publish("c", "STARTED");
+  clock.advance(1);
+  publish("d", "STARTED");
+  assert.equal(store.size, 3);
+  assert.equal(store.get("a"), undefined);
+  assert.ok(store.get("d"));
+  assert.equal(first.code(), 4001);
+  assert.deepEqual(dropped, [{ id: "a", cause: "evicted" }]);
+});
+
+test("eviction prefers finished channels over live ones, then the least recently active", () => {
+  const { store, publish, clock } = setup({ max_channels: 3 });
+  publish("a", "STARTED");
+  clock.advance(1);
+  publish("b", "STARTED");
+  clock.advance(1);
+  publish("c", "FINISHED");
+  clock.advance(1);
+  publish("a", "TASK"); // a is now more recent than b
+  publish("d", "STARTED");
+  assert.equal(store.get("c"), undefined, "the finished channel goes first");
+  publish("e", "STARTED");
+  assert.equal(store.get("b"), undefined, "then the least recently active one");
+  assert.ok(store.get("a"));
+  assert.ok(store.get("d"));
+  assert.ok(store.get("e"));
+});
+
+test("at max_messages_per_channel the oldest history is dropped, FINISHED kept, live subscribers get everything", () => {
+  const { store, publish, truncated } = setup({ max_messages_per_channel: 3 });
+  const live = new Sub();
+  store.subscribe("c", live);
+  for (let i = 0; i < 10; i++) publish("c", `M${i}`);
+  publish("c", "FINISHED");
+  assert.equal(live.got.length, 11);
+  assert.equal(live.code(), 1000);
+  const late = new Sub();
+  store.subscribe("c", late);
+  assert.deepEqual(late.got, [msg("M8"), msg("M9"), msg("FINISHED")].map(String));
+  assert.deepEqual(late.offsets, [8, 9, 10]);
+  assert.equal(late.code(), 1000);
+  assert.deepEqual(truncated, ["c"]);
+  assert.equal(store.totalMessages, 3);
+});
+
+test("at max_bytes_per_channel the oldest history is dropped and FINISHED is kept", () => {
+  const { store, publish } = setup({ max_bytes_per_channel: 1024 });
+  const big = "x".repeat(300);
+  const live = new Sub();
+  store.subscribe("c", live);
+  for (let i = 0; i < 10; i++) publish("c", `M${i}`, `, "pad": "${big}"`);
+  publish("c", "FINISHED");
+  assert.equal(live.got.length, 11);
+  const ch = store.get("c")!;
+  assert.ok(ch.bytes <= 1024, `channel holds ${ch.bytes} bytes`);
+  const late = new Sub();
+  store.subscribe("c", late);
+  assert.equal(late.got.at(-1), msg("FINISHED").toString());
+  assert.ok(late.got.length < 11 && late.got.length >= 2);
+  assert.equal(store.totalBytes, ch.bytes);
+});
+
+test("a single message larger than max_bytes_per_channel is still kept as the last one", () => {
+  const { store, publish } = setup({ max_bytes_per_channel: 1024 });
+  publish("c", "BIG", `, "pad": "${"y".repeat(2000)}"`);
+  const sub = new Sub();
+  store.subscribe("c", sub);
+  assert.equal(sub.got.length, 1);
+});
+
+test("above max_total_bytes whole channels are evicted, oldest first, never the one just written", () => {
+  const { store, publish, clock, dropped } = setup({ max_total_bytes: 2048, max_bytes_per_channel: 1024 });
+  const pad = `, "pad": "${"z".repeat(900)}"`;
+  publish("a", "A", pad);
+  clock.advance(1);
+  publish("b", "B", pad);
+  clock.advance(1);
+  const subA = new Sub();
+  store.subscribe("a", subA);
+  publish("c", "C", pad);
+  assert.ok(store.totalBytes <= 2048, `total ${store.totalBytes}`);
+  assert.equal(store.get("a"), undefined);
+  assert.ok(store.get("b"));
+  assert.ok(store.get("c"));
+  assert.equal(subA.code(), 4001);
+  assert.deepEqual(dropped.map((d) => d.cause), ["evicted"]);
+});
+
+test("totals follow publishes, trims and drops exactly", () => {
+  const { store, publish, clock } = setup({ max_messages_per_channel: 2, finished_ttl: 1 });
+  publish("a", "AA"); // {"command": "AA"} = 17 bytes
+  publish("a", "BB");
+  publish("a", "CC");
+  assert.equal(store.totalMessages, 2);
+  assert.equal(store.totalBytes, 34);
+  publish("a", "FINISHED");
+  clock.advance(1);
+  store.sweep();
+  assert.equal(store.totalMessages, 0);
+  assert.equal(store.totalBytes, 0);
+  assert.equal(store.size, 0);
+});
+
+test("clear ends every subscriber with the given close and forgets every channel", () => {
+  const { store, publish } = setup();
+  const a = new Sub();
+  const b = new Sub();
+  store.subscribe("a", a);
+  store.subscribe("b", b);
+  publish("a", "STARTED");
+  store.clear({ code: 1001, reason: "bye" });
+  assert.equal(a.code(), 1001);
+  assert.equal(b.code(), 1001);
+  assert.equal(store.size, 0);
+  assert.equal(store.totalBytes, 0);
+});
+
+test("a resuming subscriber gets only what follows its offset, or a gap when that is gone", () => {
+  const { store, publish } = setup({ max_messages_per_channel: 3 });
+  for (let i = 0; i < 5; i++) publish("c", `M${i}`);
+  const resumed = new Sub();
+  store.subscribe("c", resumed, 3);
+  assert.deepEqual(resumed.offsets, [4]);
+  assert.deepEqual(resumed.gaps, []);
+  const tooOld = new Sub();
+  store.subscribe("c", tooOld, 0);
+  assert.deepEqual(tooOld.gaps, [2]);
+  assert.deepEqual(tooOld.offsets, [2, 3, 4]);
+});
+
+test("sweepInterval is a tenth of the shortest ttl, between 20 ms and 1 s", () => {
+  assert.equal(setup({ finished_ttl: 0.3, idle_ttl: 10 }).store.sweepInterval(), 30);
+  assert.equal(setup({ finished_ttl: 0.01 }).store.sweepInterval(), 20);
+  assert.equal(setup().store.sweepInterval(), 1000);
+});
