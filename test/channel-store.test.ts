@@ -40,7 +40,7 @@ class Sub implements Subscriber {
   }
   /** The close code it was ended with (null while still subscribed). */
   code(): number | null {
-    return this.code() ?? null;
+    return this.ended?.code ?? null;
   }
 }
 
