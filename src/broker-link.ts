@@ -14,6 +14,10 @@ export interface BrokerHandlers {
   peer(event: "connected" | "disconnected", address: string): void;
 }
 
+// Under Deno, zeromq's wait for readability (a libuv poll handle) never fires, while
+// reading a socket that is already readable works: there the loop polls `readable`.
+const POLL_ONLY = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
+
 export function zmqEndpoint([host, port]: Address): string {
   const h = host === "" || host === "0.0.0.0" ? "*" : host.includes(":") ? `[${host}]` : host;
   return `tcp://${h}:${port === 0 ? "*" : port}`;
@@ -57,8 +61,14 @@ export class BrokerLink {
   /** Receives until close(); each message is handled synchronously before the next. */
   async run(): Promise<void> {
     const handlers = this.handlers;
+    let idleSince = Date.now();
     try {
       while (!this.closed) {
+        if (POLL_ONLY && !this.socket.readable) {
+          await new Promise((r) => setTimeout(r, Date.now() - idleSince < 1000 ? 1 : 10));
+          continue;
+        }
+        idleSince = Date.now();
         const frames = await this.socket.receive();
         const parsed = parseFrames(frames, 1, this.maxChannelLength);
         if (parsed.kind === "message") handlers.message(parsed);
