@@ -64,11 +64,13 @@ export class BrokerLink {
     let idleSince = Date.now();
     try {
       while (!this.closed) {
-        if (POLL_ONLY && !this.socket.readable) {
-          await new Promise((r) => setTimeout(r, Date.now() - idleSince < 1000 ? 1 : 10));
-          continue;
+        if (POLL_ONLY) {
+          if (!this.socket.readable) {
+            await new Promise((r) => setTimeout(r, Date.now() - idleSince < 1000 ? 1 : 10));
+            continue;
+          }
+          idleSince = Date.now();
         }
-        idleSince = Date.now();
         const frames = await this.socket.receive();
         const parsed = parseFrames(frames, 1, this.maxChannelLength);
         if (parsed.kind === "message") handlers.message(parsed);
