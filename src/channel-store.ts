@@ -93,12 +93,6 @@ export class ChannelStore {
     return this.channels.size;
   }
 
-  get subscriberCount(): number {
-    let n = 0;
-    for (const ch of this.channels.values()) n += ch.subscribers.size;
-    return n;
-  }
-
   get(id: string): Channel | undefined {
     return this.channels.get(id);
   }
@@ -183,7 +177,14 @@ export class ChannelStore {
   }
 
   unsubscribe(id: string, sub: Subscriber): void {
-    this.channels.get(id)?.subscribers.delete(sub);
+    const ch = this.channels.get(id);
+    if (ch === undefined || !ch.subscribers.delete(sub)) return;
+    // A channel that only a departed subscriber created (the job has not sent anything
+    // yet, or never will) is forgotten at once rather than at idle_ttl.
+    if (ch.subscribers.size === 0 && ch.nextOffset === 0) {
+      this.channels.delete(id);
+      this.live.delete(id);
+    }
   }
 
   /** Drops finished channels past finished_ttl and channels idle past idle_ttl. */
