@@ -96,6 +96,14 @@ export function cpuMicros(pid: number): number {
   }
 }
 
+/** CPU time all processes of the machine spent busy (not idle/iowait), in microseconds. */
+export function systemBusyMicros(): number {
+  const line = readFileSync("/proc/stat", "utf8").split("\n", 1)[0];
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
+  return ((total - v[3] - v[4]) * 1e6) / ticksPerSecond();
+}
+
 export type MemInfo = { rssKB: number; hwmKB: number };
 
 export function memInfo(pid: number): MemInfo {

@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, writeFileSync, rmSync, readFileSync } from "no
 import { createServer, connect } from "node:net";
 import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { cpuMicros, memInfo, median, nowNs, sleep, type LatencySummary } from "./lib.ts";
+import { cpuMicros, memInfo, median, nowNs, sleep, systemBusyMicros, type LatencySummary } from "./lib.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const BENCH = join(ROOT, "bench");
@@ -25,7 +25,7 @@ const option = (name: string, dflt: string) => {
 };
 const SMOKE = flag("--smoke");
 const SOAK = flag("--soak");
-const ROUNDS = Number(option("--rounds", SMOKE ? "1" : "2"));
+const ROUNDS = Number(option("--rounds", SMOKE ? "1" : "3"));
 const TARGETS = option("--target", "both");
 const SHAPES_WANTED = option("--shapes", "");
 const OUT = option("--out", SMOKE ? "" : join(BENCH, SOAK ? "SOAK.md" : "RESULTS.md"));
@@ -40,19 +40,22 @@ type Shape = {
   idle: number; // idle subscribed connections held open during the run
   satWaves: number;
   pacedWaves: number;
-  pacedRate: number; // broker messages per second in the paced waves
+  pacedChannels: number; // jobs per paced wave (same tabs per job)
+  pacedRate: number; // cap of the broker messages per second in the paced waves
 };
 const SHAPES: Shape[] = SMOKE
   ? [
-      { key: "a", title: "20 channels x 1 client", channels: 20, perChannel: 1, idle: 0, satWaves: 3, pacedWaves: 1, pacedRate: 2000 },
-      { key: "b", title: "100 channels x 2 clients", channels: 100, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 1, pacedRate: 2000 },
-      { key: "c", title: "1,000 idle + 20 channels x 1", channels: 20, perChannel: 1, idle: 1000, satWaves: 2, pacedWaves: 1, pacedRate: 2000 },
+      { key: "a", title: "20 channels x 1 client", channels: 20, perChannel: 1, idle: 0, satWaves: 3, pacedWaves: 1, pacedChannels: 20, pacedRate: 2000 },
+      { key: "b", title: "100 channels x 2 clients", channels: 100, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 1, pacedChannels: 50, pacedRate: 2000 },
+      { key: "c", title: "1,000 idle + 20 channels x 1", channels: 20, perChannel: 1, idle: 1000, satWaves: 2, pacedWaves: 1, pacedChannels: 20, pacedRate: 2000 },
     ]
   : [
-      { key: "a", title: "100 channels x 1 client", channels: 100, perChannel: 1, idle: 0, satWaves: 20, pacedWaves: 2, pacedRate: 3000 },
-      { key: "b", title: "1,000 channels x 2 clients", channels: 1000, perChannel: 2, idle: 0, satWaves: 3, pacedWaves: 1, pacedRate: 8000 },
-      { key: "c", title: "10,000 idle + 100 channels x 1", channels: 100, perChannel: 1, idle: 10000, satWaves: 10, pacedWaves: 2, pacedRate: 3000 },
+      { key: "a", title: "100 channels x 1 client", channels: 100, perChannel: 1, idle: 0, satWaves: 10, pacedWaves: 2, pacedChannels: 100, pacedRate: 5000 },
+      { key: "b", title: "1,000 channels x 2 clients", channels: 1000, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 1, pacedChannels: 250, pacedRate: 5000 },
+      { key: "c", title: "10,000 idle + 100 channels x 1", channels: 100, perChannel: 1, idle: 10000, satWaves: 8, pacedWaves: 2, pacedChannels: 100, pacedRate: 5000 },
     ];
+/** Paced waves run at this fraction of the floor's saturated rate (at most shape.pacedRate). */
+const PACED_FRACTION = 0.25;
 
 // ---- servers --------------------------------------------------------------------------------------
 type TargetName = "floor" | "monitor" | "binary";
@@ -144,17 +147,17 @@ async function startServer(target: TargetName, retention: Retention, level = "wa
   const t0 = nowNs();
   const proc = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
   const log: string[] = [];
-  let readyLineMs = NaN;
+  const exited = new Promise<number | null>((res) => proc.once("exit", (code) => res(code)));
+  const server: Server = { target, proc, pid: proc.pid!, wsPort, zmqPort, readyMs: NaN, readyLineMs: NaN, log, dir, exited };
   const onData = (chunk: Buffer) => {
     for (const line of chunk.toString().split("\n")) {
       if (line === "") continue;
-      if (Number.isNaN(readyLineMs) && /\bready\b/i.test(line)) readyLineMs = (nowNs() - t0) / 1e6;
+      if (Number.isNaN(server.readyLineMs) && /\bready\b/i.test(line)) server.readyLineMs = (nowNs() - t0) / 1e6;
       if (log.length < 2000) log.push(line);
     }
   };
   proc.stdout!.on("data", onData);
   proc.stderr!.on("data", onData);
-  const exited = new Promise<number | null>((res) => proc.once("exit", (code) => res(code)));
   let gone = false;
   void exited.then(() => (gone = true));
   // ready = both ports accept connections
@@ -167,8 +170,8 @@ async function startServer(target: TargetName, retention: Retention, level = "wa
     if (!zmqUp) zmqUp = await accepts(zmqPort);
     if (!(wsUp && zmqUp)) await sleep(1);
   }
-  const readyMs = (nowNs() - t0) / 1e6;
-  return { target, proc, pid: proc.pid!, wsPort, zmqPort, readyMs, readyLineMs, log, dir, exited };
+  server.readyMs = (nowNs() - t0) / 1e6;
+  return server;
 }
 
 async function stopServer(s: Server): Promise<number | null> {
@@ -247,6 +250,7 @@ type Phase = {
   windowNs: number;
   serverCpuUs: number;
   genCpuUs: number;
+  otherCpuUs: number; // CPU of every other process on the machine during the windows (noise)
   latency: LatencySummary;
 };
 type Faults = { lost: number; reordered: number; malformed: number; badClose: number };
@@ -254,6 +258,7 @@ type RunResult = {
   shape: string;
   target: TargetName;
   round: number;
+  pacedRate: number;
   readyMs: number;
   sat: Phase;
   paced: Phase;
@@ -271,12 +276,13 @@ const newPhase = (): Phase => ({
   windowNs: 0,
   serverCpuUs: 0,
   genCpuUs: 0,
+  otherCpuUs: 0,
   latency: { n: 0, p50: NaN, p99: NaN, max: NaN },
 });
 
 let tagCounter = (Date.now() / 1000) >>> 0;
 
-async function measureRun(shape: Shape, target: TargetName, round: number): Promise<RunResult> {
+async function measureRun(shape: Shape, target: TargetName, round: number, pacing: { rate: number }): Promise<RunResult> {
   const server = await startServer(target, BENCH_RETENTION);
   const clients = new Child("clients.ts");
   const sender = new Child("sender.ts");
@@ -289,10 +295,10 @@ async function measureRun(shape: Shape, target: TargetName, round: number): Prom
     const genCpu = () => cpuMicros(clients.pid) + cpuMicros(sender.pid);
 
     let waveNo = 0;
-    const wave = async (rate: number, phase: Phase | null) => {
+    const wave = async (count: number, rate: number, phase: Phase | null) => {
       const w = waveNo++;
       const sub = await clients.request(
-        { type: "subscribe", tag, wave: w, count: shape.channels, perChannel: shape.perChannel },
+        { type: "subscribe", tag, wave: w, count, perChannel: shape.perChannel },
         "subscribed",
       );
       subscribeMs += Number(sub.ms);
@@ -301,13 +307,15 @@ async function measureRun(shape: Shape, target: TargetName, round: number): Prom
       await sleep(100 + Number(sub.n) * 0.05);
       const s0 = cpuMicros(server.pid);
       const g0 = genCpu();
+      const b0 = systemBusyMicros();
       const done = clients.wait("waveDone", 600000);
-      const sent = await sender.request({ type: "wave", tag, wave: w, count: shape.channels, rate, seed: tag * 31 + w }, "sent", 600000);
+      const sent = await sender.request({ type: "wave", tag, wave: w, count, rate, seed: tag * 31 + w }, "sent", 600000);
       const timeout = setTimeout(() => clients.send({ type: "abortWave" }), 15000);
       const res = await done;
       clearTimeout(timeout);
       const s1 = cpuMicros(server.pid);
       const g1 = genCpu();
+      const b1 = systemBusyMicros();
       faults.lost += Number(res.lost);
       faults.reordered += Number(res.reordered);
       faults.malformed += Number(res.malformed);
@@ -318,11 +326,12 @@ async function measureRun(shape: Shape, target: TargetName, round: number): Prom
         phase.windowNs += Math.max(Number(res.lastRecv), Number(sent.t1)) - Number(sent.t0);
         phase.serverCpuUs += s1 - s0;
         phase.genCpuUs += g1 - g0;
+        phase.otherCpuUs += Math.max(0, b1 - b0 - (s1 - s0) - (g1 - g0));
       }
     };
 
     // warm-up wave: JIT, buffers, first-connection costs; not measured
-    await wave(0, null);
+    await wave(Math.min(shape.channels, 200), 0, null);
     await clients.request({ type: "stats" }, "stats");
 
     let idleRssPerConnB = NaN;
@@ -338,11 +347,15 @@ async function measureRun(shape: Shape, target: TargetName, round: number): Prom
     }
 
     const sat = newPhase();
-    for (let i = 0; i < shape.satWaves; i++) await wave(0, sat);
+    for (let i = 0; i < shape.satWaves; i++) await wave(shape.channels, 0, sat);
     sat.latency = (await clients.request({ type: "stats" }, "stats")).latency as LatencySummary;
 
     const paced = newPhase();
-    for (let i = 0; i < shape.pacedWaves; i++) await wave(shape.pacedRate, paced);
+    if (pacing.rate === 0) {
+      const ingress = sat.delivered / shape.perChannel / (sat.windowNs / 1e9);
+      pacing.rate = Math.max(200, Math.min(shape.pacedRate, Math.round((ingress * PACED_FRACTION) / 100) * 100));
+    }
+    for (let i = 0; i < shape.pacedWaves; i++) await wave(shape.pacedChannels, pacing.rate, paced);
     paced.latency = (await clients.request({ type: "stats" }, "stats")).latency as LatencySummary;
 
     if (shape.idle > 0) {
@@ -357,6 +370,7 @@ async function measureRun(shape: Shape, target: TargetName, round: number): Prom
       shape: shape.key,
       target,
       round,
+      pacedRate: pacing.rate,
       readyMs: server.readyMs,
       sat,
       paced,
@@ -387,6 +401,17 @@ async function measureStartup(target: TargetName, times: number): Promise<Startu
     out.readyMs.push(s.readyMs);
     out.readyLineMs.push(s.readyLineMs);
     out.exitCodes.push(await stopServer(s));
+  }
+  return out;
+}
+
+/** Reference: spawn to exit of a bare `node -e 0` (the machine's process start-up cost). */
+async function bareNodeMs(times: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < times; i++) {
+    const t0 = nowNs();
+    await new Promise((res) => spawn(process.execPath, ["-e", "0"], { stdio: "ignore" }).once("exit", res));
+    out.push((nowNs() - t0) / 1e6);
   }
   return out;
 }
@@ -501,6 +526,7 @@ type Agg = {
   cpuPerMsgPaced: number;
   genPerMsg: number; // µs of load-generator CPU per delivered message, saturated
   genCores: number; // load generator's CPU use in cores, saturated
+  otherCores: number; // every other process, saturated windows
   serverCores: number;
   satP50: number;
   satP99: number;
@@ -523,6 +549,7 @@ function aggregate(runs: RunResult[]): Agg {
     cpuPerMsgPaced: m((r) => r.paced.serverCpuUs / r.paced.delivered),
     genPerMsg: m((r) => r.sat.genCpuUs / r.sat.delivered),
     genCores: m((r) => r.sat.genCpuUs / 1e6 / (r.sat.windowNs / 1e9)),
+    otherCores: m((r) => r.sat.otherCpuUs / 1e6 / (r.sat.windowNs / 1e9)),
     serverCores: m((r) => r.sat.serverCpuUs / 1e6 / (r.sat.windowNs / 1e9)),
     satP50: m((r) => r.sat.latency.p50),
     satP99: m((r) => r.sat.latency.p99),
@@ -538,7 +565,7 @@ function aggregate(runs: RunResult[]): Agg {
   };
 }
 
-function report(results: RunResult[], startups: Startup[], wallS: number): string {
+function report(results: RunResult[], startups: Startup[], bare: number[], wallS: number): string {
   const L: string[] = [];
   const mode = SMOKE ? "smoke" : "full";
   L.push(`# recodex-monitor benchmark${SMOKE ? " (smoke)" : ""}`, "");
@@ -564,9 +591,11 @@ function report(results: RunResult[], startups: Startup[], wallS: number): strin
     if (byTarget.size === 0) continue;
     L.push(`## Shape ${shape.key}: ${shape.title}`, "");
     const per = shape.channels * shape.perChannel;
+    const rate = results.find((r) => r.shape === shape.key)!.pacedRate;
     L.push(
-      `${shape.satWaves} saturated wave(s) + ${shape.pacedWaves} paced wave(s) at ${shape.pacedRate.toLocaleString("en")} broker msgs/s ` +
-        `(${(shape.pacedRate * shape.perChannel).toLocaleString("en")} frames/s delivered) per run, ${shape.channels.toLocaleString("en")} jobs and ${per.toLocaleString("en")} connections per wave` +
+      `Per run: 1 warm-up wave, ${shape.satWaves} saturated wave(s) of ${shape.channels.toLocaleString("en")} jobs (${per.toLocaleString("en")} connections), ` +
+        `${shape.pacedWaves} paced wave(s) of ${shape.pacedChannels.toLocaleString("en")} jobs at ${rate.toLocaleString("en")} broker msgs/s ` +
+        `(${(rate * shape.perChannel).toLocaleString("en")} frames/s; ${PACED_FRACTION * 100} % of the floor's saturated rate in round 1, at most ${shape.pacedRate.toLocaleString("en")})` +
         (shape.idle ? `, ${shape.idle.toLocaleString("en")} idle subscribed connections held open meanwhile` : "") +
         ".",
       "",
@@ -600,6 +629,7 @@ function report(results: RunResult[], startups: Startup[], wallS: number): strin
     row("frames delivered, all rounds", (a) => a.delivered, f0, false);
     row("load generator CPU µs per frame (saturated)", (a) => a.genPerMsg, f1, false);
     row("load generator CPU use, saturated (cores)", (a) => a.genCores, f2, false);
+    row("other processes' CPU use, saturated (cores; noise)", (a) => a.otherCores, f2, false);
     L.push("");
     if (hasBoth) {
       const m = byTarget.get("monitor")!;
@@ -623,17 +653,18 @@ function report(results: RunResult[], startups: Startup[], wallS: number): strin
       L.push(`| ${s.target === "binary" ? "dist/recodex-monitor" : s.target === "monitor" ? "node src/main.ts" : "floor (node bench/floor.ts)"} | ${f0(median(s.readyMs))} | ${f0(Math.max(...s.readyMs))} | ${f0(median(s.readyLineMs))} | ${[...new Set(s.exitCodes)].join(", ")} |`);
       if (s.target === "binary") verdicts.push(`| - | dist/recodex-monitor ready < 150 ms | median ${f0(median(s.readyMs))} ms, max ${f0(Math.max(...s.readyMs))} ms | ${Math.max(...s.readyMs) < 150 ? "met" : "**MISSED**"} |`);
     }
+    L.push("", `Reference: a bare \`node -e 0\` takes ${f0(median(bare))} ms (median) from spawn to exit on this machine at this time.`);
     if (!startups.some((s) => s.target === "binary")) L.push("", "dist/recodex-monitor not built (`npm run build`): binary startup not measured.");
     L.push("");
   }
   if (verdicts.length > 0) {
     L.push("## Targets (issue 4)", "", "| shape | target | measured | |", "|---|---|---|---|", ...verdicts, "");
   }
-  L.push("## Runs", "", "| shape | server | round | frames | frames/s | CPU µs/frame | paced p99 (ms) | gen. CPU µs/frame | faults | exit |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+  L.push("## Runs", "", "| shape | server | round | frames | frames/s | CPU µs/frame | paced p99 (ms) | gen. CPU µs/frame | other load (cores) | faults | exit |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const r of results) {
     const fl = r.faults.lost + r.faults.reordered + r.faults.malformed + r.faults.badClose + r.idleFaults;
     L.push(
-      `| ${r.shape} | ${r.target} | ${r.round} | ${f0(r.sat.delivered)} | ${f0(r.sat.delivered / (r.sat.windowNs / 1e9))} | ${f1(r.sat.serverCpuUs / r.sat.delivered)} | ${f2(r.paced.latency.p99 / 1000)} | ${f1(r.sat.genCpuUs / r.sat.delivered)} | ${fl} | ${r.exitCode} |`,
+      `| ${r.shape} | ${r.target} | ${r.round} | ${f0(r.sat.delivered)} | ${f0(r.sat.delivered / (r.sat.windowNs / 1e9))} | ${f1(r.sat.serverCpuUs / r.sat.delivered)} | ${f2(r.paced.latency.p99 / 1000)} | ${f1(r.sat.genCpuUs / r.sat.delivered)} | ${f2(r.sat.otherCpuUs / 1e6 / (r.sat.windowNs / 1e9))} | ${fl} | ${r.exitCode} |`,
     );
   }
   L.push("");
@@ -663,7 +694,9 @@ async function main(): Promise<void> {
   }
 
   const startups: Startup[] = [];
+  let bare: number[] = [];
   if (STARTUP) {
+    bare = await bareNodeMs(5);
     const startupTargets: TargetName[] = [...targets];
     if (existsSync(BINARY) && (TARGETS === "both" || TARGETS === "monitor")) startupTargets.push("binary");
     for (const t of startupTargets) {
@@ -675,15 +708,16 @@ async function main(): Promise<void> {
   const results: RunResult[] = [];
   const shapes = SHAPES.filter((s) => SHAPES_WANTED === "" || SHAPES_WANTED.split(",").includes(s.key));
   for (const shape of shapes) {
+    const pacing = { rate: 0 }; // set by the first run (the floor's) from its saturated rate
     for (let round = 1; round <= ROUNDS; round++) {
       const order = round % 2 === 1 ? targets : [...targets].reverse();
       for (const target of order) {
-        const r = await measureRun(shape, target, round);
+        const r = await measureRun(shape, target, round, pacing);
         const faults = r.faults.lost + r.faults.reordered + r.faults.malformed + r.faults.badClose + r.idleFaults;
         console.error(
           `${shape.key} ${target.padEnd(7)} round ${round}: ${f0(r.sat.delivered / (r.sat.windowNs / 1e9))} frames/s, ` +
             `${f1(r.sat.serverCpuUs / r.sat.delivered)} µs/frame, paced p99 ${f2(r.paced.latency.p99 / 1000)} ms, ` +
-            `gen ${f1(r.sat.genCpuUs / r.sat.delivered)} µs/frame` +
+            `gen ${f1(r.sat.genCpuUs / r.sat.delivered)} µs/frame, other load ${f2(r.sat.otherCpuUs / 1e6 / (r.sat.windowNs / 1e9))} cores` +
             (shape.idle ? `, ${f1(r.idleRssPerConnB / 1024)} KB/idle conn` : "") +
             `, faults ${faults}, exit ${r.exitCode}`,
         );
@@ -691,7 +725,7 @@ async function main(): Promise<void> {
       }
     }
   }
-  const text = report(results, startups, (nowNs() - t0) / 1e9);
+  const text = report(results, startups, bare, (nowNs() - t0) / 1e9);
   if (OUT) writeFileSync(OUT, text);
   console.log(text);
   const monitorFaults = results.reduce(
