@@ -224,7 +224,7 @@ let soak: {
   delivered: number;
   reordered: number;
   malformed: number;
-  badClose: number;
+  closeCodes: Record<number, number>;
   failed: number;
   stopping: boolean;
 } | null = null;
@@ -257,7 +257,7 @@ function soakSubscriber(): void {
   ws.on("error", () => s.failed++);
   ws.on("close", (code: number) => {
     clearTimeout(timer);
-    if (code !== 1000 && code !== 1005) s.badClose++;
+    s.closeCodes[code] = (s.closeCodes[code] ?? 0) + 1;
     s.open--;
     if (!s.stopping) soakSubscriber();
     else if (s.open === 0) soakReport();
@@ -272,7 +272,7 @@ function soakReport(): void {
     delivered: s.delivered,
     reordered: s.reordered,
     malformed: s.malformed,
-    badClose: s.badClose,
+    closeCodes: s.closeCodes,
     failed: s.failed,
   });
 }
@@ -316,7 +316,7 @@ process.on("message", (raw) => {
         delivered: 0,
         reordered: 0,
         malformed: 0,
-        badClose: 0,
+        closeCodes: {},
         failed: 0,
         stopping: false,
       };

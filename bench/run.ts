@@ -80,7 +80,7 @@ const SOAK_RETENTION: Retention = {
   max_total_bytes: 67108864,
 };
 
-function configYaml(wsPort: number, zmqPort: number, level: string, retention: Retention): string {
+function configYaml(wsPort: number, zmqPort: number, level: string, retention: Retention, extra: string[] = []): string {
   const ret = Object.entries(retention)
     .map(([k, v]) => `${k}: ${v}`)
     .join(", ");
@@ -92,6 +92,7 @@ function configYaml(wsPort: number, zmqPort: number, level: string, retention: R
     `limits: {max_buffered_bytes: 4194304, subscribe_timeout: 3600}`,
     `keepalive: {interval: 30}`,
     `websocket: {permessage_deflate: false}`,
+    ...extra,
     "",
   ].join("\n");
 }
@@ -129,31 +130,37 @@ type Server = {
   log: string[];
   dir: string;
   exited: Promise<number | null>;
+  onLine: ((line: string) => void) | null;
 };
 
-async function startServer(target: TargetName, retention: Retention, level = "warning"): Promise<Server> {
+type ServerOptions = { level?: string; extraConfig?: string[]; nodeArgs?: string[] };
+
+async function startServer(target: TargetName, retention: Retention, opts: ServerOptions = {}): Promise<Server> {
+  const level = opts.level ?? "warning";
+  const nodeArgs = opts.nodeArgs ?? [];
   const wsPort = await freePort();
   let zmqPort = await freePort();
   while (zmqPort === wsPort) zmqPort = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "recodex-bench-"));
   const cfg = join(dir, "config.yml");
-  writeFileSync(cfg, configYaml(wsPort, zmqPort, level, retention));
+  writeFileSync(cfg, configYaml(wsPort, zmqPort, level, retention, opts.extraConfig));
   const [cmd, args] =
     target === "floor"
-      ? [process.execPath, [join(BENCH, "floor.ts"), String(wsPort), String(zmqPort)]]
+      ? [process.execPath, [...nodeArgs, join(BENCH, "floor.ts"), String(wsPort), String(zmqPort)]]
       : target === "binary"
         ? [BINARY, ["-c", cfg]]
-        : [process.execPath, [MONITOR_SRC, "-c", cfg]];
+        : [process.execPath, [...nodeArgs, MONITOR_SRC, "-c", cfg]];
   const t0 = nowNs();
   const proc = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
   const log: string[] = [];
   const exited = new Promise<number | null>((res) => proc.once("exit", (code) => res(code)));
-  const server: Server = { target, proc, pid: proc.pid!, wsPort, zmqPort, readyMs: NaN, readyLineMs: NaN, log, dir, exited };
+  const server: Server = { target, proc, pid: proc.pid!, wsPort, zmqPort, readyMs: NaN, readyLineMs: NaN, log, dir, exited, onLine: null };
   const onData = (chunk: Buffer) => {
     for (const line of chunk.toString().split("\n")) {
       if (line === "") continue;
+      if (server.onLine !== null) server.onLine(line);
       if (Number.isNaN(server.readyLineMs) && /\bready\b/i.test(line)) server.readyLineMs = (nowNs() - t0) / 1e6;
-      if (log.length < 2000) log.push(line);
+      if (log.length < 20000) log.push(line);
     }
   };
   proc.stdout!.on("data", onData);
@@ -174,11 +181,14 @@ async function startServer(target: TargetName, retention: Retention, level = "wa
   return server;
 }
 
+const SERVER_LOG = option("--server-log", "");
+
 async function stopServer(s: Server): Promise<number | null> {
   s.proc.kill("SIGTERM");
   const timer = setTimeout(() => s.proc.kill("SIGKILL"), 10000);
   const code = await s.exited;
   clearTimeout(timer);
+  if (SERVER_LOG) writeFileSync(SERVER_LOG, `--- ${s.target} pid ${s.pid} exit ${code}\n${s.log.join("\n")}\n`, { flag: "a" });
   rmSync(s.dir, { recursive: true, force: true });
   return code;
 }
@@ -396,7 +406,7 @@ type Startup = { target: TargetName; readyMs: number[]; readyLineMs: number[]; e
 async function measureStartup(target: TargetName, times: number): Promise<Startup> {
   const out: Startup = { target, readyMs: [], readyLineMs: [], exitCodes: [] };
   for (let i = 0; i < times; i++) {
-    const s = await startServer(target, BENCH_RETENTION, "info");
+    const s = await startServer(target, BENCH_RETENTION, { level: "info" });
     await sleep(50); // the "ready" line may be flushed right after the ports are bound
     out.readyMs.push(s.readyMs);
     out.readyLineMs.push(s.readyLineMs);
@@ -417,11 +427,36 @@ async function bareNodeMs(times: number): Promise<number[]> {
 }
 
 // ---- soak ---------------------------------------------------------------------------------------------
+async function scrapeMetrics(port: number): Promise<Record<string, number>> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(2000) });
+    const out: Record<string, number> = {};
+    for (const line of (await res.text()).split("\n")) {
+      const m = /^(recodex_monitor_[a-z_]+) ([\d.e+-]+)$/.exec(line);
+      if (m) out[m[1]] = Number(m[2]);
+    }
+    return out;
+  } catch {
+    return {};
+  }
+}
+
 async function soak(target: TargetName): Promise<string> {
-  const MESSAGES = 1_000_000;
-  const CHANNELS = 100_000;
+  const MESSAGES = Number(option("--messages", "1000000"));
+  const CHANNELS = Number(option("--channels", "100000"));
   const RATE = Number(option("--rate", "25000"));
-  const server = await startServer(target, SOAK_RETENTION);
+  const isMonitor = target !== "floor";
+  // --trace-gc: the JS heap left after each full GC shows live memory, which RSS (V8 keeps
+  // freed pages for a while) does not; /metrics gives the monitor's own channel accounting
+  const server = await startServer(target, SOAK_RETENTION, {
+    extraConfig: isMonitor ? ["http: {enabled: true}"] : [],
+    nodeArgs: target === "binary" ? [] : ["--trace-gc"],
+  });
+  let liveHeapMB = NaN;
+  server.onLine = (line) => {
+    const m = /Mark-Compact[^>]*-> ([\d.]+) \(/.exec(line);
+    if (m) liveHeapMB = Number(m[1]);
+  };
   const clients = new Child("clients.ts");
   const sender = new Child("sender.ts");
   const tag = ++tagCounter;
@@ -436,13 +471,25 @@ async function soak(target: TargetName): Promise<string> {
       clients.send({ type: "soakProgress", started });
     }
   };
-  const samples: { t: number; sent: number; started: number; rssKB: number; cpuS: number }[] = [];
+  type Sample = { t: number; sent: number; started: number; rssKB: number; cpuS: number; heapMB: number; channels: number; storedMB: number; conns: number };
+  const samples: Sample[] = [];
   const t0 = nowNs();
-  const sample = () => {
-    samples.push({ t: (nowNs() - t0) / 1e9, sent, started, rssKB: memInfo(server.pid).rssKB, cpuS: cpuMicros(server.pid) / 1e6 });
+  const sample = async () => {
+    const metrics = isMonitor ? await scrapeMetrics(server.wsPort) : {};
+    samples.push({
+      t: (nowNs() - t0) / 1e9,
+      sent,
+      started,
+      rssKB: memInfo(server.pid).rssKB,
+      cpuS: cpuMicros(server.pid) / 1e6,
+      heapMB: liveHeapMB,
+      channels: metrics.recodex_monitor_channels ?? NaN,
+      storedMB: (metrics.recodex_monitor_stored_bytes ?? NaN) / 1048576,
+      conns: metrics.recodex_monitor_connections ?? NaN,
+    });
   };
-  sample();
-  const timer = setInterval(sample, 1000);
+  await sample();
+  const timer = setInterval(() => void sample(), 1000);
   clients.send({ type: "soakStart", tag, concurrent: 300, seed: tag });
   const done = await sender.request(
     { type: "soak", tag, messages: MESSAGES, channels: CHANNELS, active: 2000, finishedShare: 0.1, rate: RATE, seed: tag },
@@ -451,13 +498,14 @@ async function soak(target: TargetName): Promise<string> {
   );
   sent = Number(done.sent);
   const sendEnd = (nowNs() - t0) / 1e9;
+  const sendS = (Number(done.t1) - Number(done.t0)) / 1e9;
   const subs = await clients.request({ type: "soakStop" }, "soakStopped", 60000);
-  // let retention reclaim the idle channels (idle_ttl 5 s) and watch RSS settle
+  // let retention reclaim the idle channels (idle_ttl) and watch memory settle
   await sleep(Number(SOAK_RETENTION.idle_ttl) * 3000);
   clearInterval(timer);
-  sample();
+  await sample();
   // the monitor still relays correctly after the soak
-  const check = await clients.request({ type: "subscribe", tag: tag + 1, wave: 0, count: 10, perChannel: 1 }, "subscribed");
+  await clients.request({ type: "subscribe", tag: tag + 1, wave: 0, count: 10, perChannel: 1 }, "subscribed");
   await sleep(200);
   const doneCheck = clients.wait("waveDone", 30000);
   await sender.request({ type: "wave", tag: tag + 1, wave: 0, count: 10, rate: 0, seed: 1 }, "sent");
@@ -467,47 +515,55 @@ async function soak(target: TargetName): Promise<string> {
   await clients.exit();
   const exitCode = await stopServer(server);
 
-  // verdict: RSS must stop growing while messages keep flowing
+  // verdict: memory must stop growing while messages keep flowing
   const during = samples.filter((s) => s.t <= sendEnd);
-  const rssAt = (frac: number) => {
-    const want = frac * sent;
-    const s = during.find((x) => x.sent >= want) ?? during[during.length - 1];
-    return s.rssKB;
-  };
-  const r25 = rssAt(0.25);
-  const r50 = rssAt(0.5);
-  const r100 = during[during.length - 1].rssKB;
-  const rEnd = samples[samples.length - 1].rssKB;
-  const maxSecondHalf = Math.max(...during.filter((s) => s.sent >= sent / 2).map((s) => s.rssKB));
-  const leveled = maxSecondHalf <= r50 * 1.15 + 8 * 1024;
-  const faults = Number(subs.reordered) + Number(subs.malformed) + Number(checked.lost) + Number(checked.reordered) + Number(checked.malformed);
+  const between = (lo: number, hi: number, f: (s: Sample) => number) =>
+    Math.max(...during.filter((s) => s.sent > lo * sent && s.sent <= hi * sent).map(f).filter(Number.isFinite));
+  const rss1 = between(0.25, 0.5, (s) => s.rssKB);
+  const rss2 = between(0.5, 1, (s) => s.rssKB);
+  const heap1 = between(0.25, 0.5, (s) => s.heapMB);
+  const heap2 = between(0.5, 1, (s) => s.heapMB);
+  const maxChannels = Math.max(...samples.map((s) => s.channels).filter(Number.isFinite));
+  const heapLeveled = Number.isFinite(heap1) && heap2 <= heap1 * 1.2 + 8;
+  const rssLeveled = rss2 <= rss1 * 1.2 + 16 * 1024;
+  const codes = subs.closeCodes as Record<string, number>;
+  const faults =
+    Number(subs.reordered) + Number(subs.malformed) + (codes["1006"] ?? 0) + Number(subs.failed) +
+    Number(checked.lost) + Number(checked.reordered) + Number(checked.malformed) + Number(checked.badClose);
   const mb = (kb: number) => (kb / 1024).toFixed(1);
-  const lines: string[] = [];
-  lines.push(`# recodex-monitor soak (${target === "floor" ? "floor relay" : target})`, "");
-  lines.push(`Generated by \`npm run bench -- --soak\` on ${new Date().toISOString()}; ${machine()}.`, "");
-  lines.push(
-    `Load: ${sent.toLocaleString("en")} broker messages at ${RATE.toLocaleString("en")}/s over ${started.toLocaleString("en")} channels ` +
-      `(2,000 jobs running at once, 10 % run to FINISHED, the rest stop midway, 30 % of those with a broker FAILED/ABORTED), ` +
-      `300 churning subscribers (each watches a recent or upcoming channel for 0.2-3.2 s, then closes; ${Number(subs.subscriptions).toLocaleString("en")} subscriptions in all).`,
+  const last = samples[samples.length - 1];
+  const L: string[] = [];
+  L.push(`# recodex-monitor soak (${target === "floor" ? "floor relay" : target === "binary" ? "dist/recodex-monitor" : "node src/main.ts"})`, "");
+  L.push(`Generated by \`npm run bench -- --soak\` on ${new Date().toISOString()}; ${machine()}.`, "");
+  L.push(
+    `Load: ${sent.toLocaleString("en")} broker messages in ${sendS.toFixed(0)} s (asked ${RATE.toLocaleString("en")}/s, got ${f0(sent / sendS)}/s) over ${started.toLocaleString("en")} channels ` +
+      `(2,000 jobs running at once; 10 % run to FINISHED, the others stop midway, 30 % of those with a broker FAILED/ABORTED), ` +
+      `300 churning subscribers (each watches a recent or upcoming channel for 0.2-3.2 s, then closes or is closed; ${Number(subs.subscriptions).toLocaleString("en")} subscriptions in all).`,
     "",
   );
-  lines.push(`Monitor retention for the soak: \`${JSON.stringify(SOAK_RETENTION)}\`.`, "");
-  lines.push("| | |", "|---|---|");
-  lines.push(`| RSS at 25 % / 50 % / 100 % of the messages | ${mb(r25)} / ${mb(r50)} / ${mb(r100)} MB |`);
-  lines.push(`| max RSS during the second half | ${mb(maxSecondHalf)} MB |`);
-  lines.push(`| RSS ${Number(SOAK_RETENTION.idle_ttl) * 3} s after the last message | ${mb(rEnd)} MB |`);
-  lines.push(`| peak RSS (VmHWM) | ${mb(hwmKB)} MB |`);
-  lines.push(`| memory levels off (second-half max <= 1.15 x RSS at 50 % + 8 MB) | **${leveled ? "yes" : "NO"}** |`);
-  lines.push(`| frames delivered to the churning subscribers | ${Number(subs.delivered).toLocaleString("en")} |`);
-  lines.push(`| reordered / malformed frames, unclean closes, failed connects | ${subs.reordered} / ${subs.malformed} / ${subs.badClose} / ${subs.failed} |`);
-  lines.push(`| post-soak check (10 full jobs): lost / reordered / malformed | ${checked.lost} / ${checked.reordered} / ${checked.malformed} |`);
-  lines.push(`| monitor CPU for the whole soak | ${(samples[samples.length - 1].cpuS - samples[0].cpuS).toFixed(1)} s |`);
-  lines.push(`| exit status after SIGTERM | ${exitCode} |`, "");
-  lines.push("RSS over time (one sample per second):", "", "| t (s) | messages sent | channels started | RSS (MB) | monitor CPU (s) |", "|---:|---:|---:|---:|---:|");
-  for (const s of samples) lines.push(`| ${s.t.toFixed(1)} | ${s.sent.toLocaleString("en")} | ${s.started.toLocaleString("en")} | ${mb(s.rssKB)} | ${(s.cpuS - samples[0].cpuS).toFixed(1)} |`);
-  lines.push("");
-  if (!leveled || faults > 0) process.exitCode = 1;
-  return lines.join("\n");
+  L.push(`Monitor retention for the soak: \`${JSON.stringify(SOAK_RETENTION)}\`; \`http.enabled\` for /metrics; node \`--trace-gc\` for the heap left after each full GC.`, "");
+  L.push("| | |", "|---|---|");
+  L.push(`| channels kept (max seen / retention.max_channels) | ${f0(maxChannels)} / ${f0(SOAK_RETENTION.max_channels)} |`);
+  L.push(`| JS heap after full GC: max in 25-50 % / 50-100 % of the messages | ${f1(heap1)} / ${f1(heap2)} MB |`);
+  L.push(`| RSS: max in 25-50 % / 50-100 % of the messages | ${mb(rss1)} / ${mb(rss2)} MB |`);
+  L.push(`| RSS, heap after GC, channels kept ${Number(SOAK_RETENTION.idle_ttl) * 3} s after the last message | ${mb(last.rssKB)} MB, ${f1(last.heapMB)} MB, ${f0(last.channels)} |`);
+  L.push(`| peak RSS (VmHWM) | ${mb(hwmKB)} MB |`);
+  L.push(`| live memory levels off (heap after GC in the 2nd half <= 1.2 x 1st + 8 MB) | **${heapLeveled ? "yes" : "NO"}** |`);
+  L.push(`| RSS levels off (2nd-half max <= 1.2 x 25-50 % max + 16 MB) | **${rssLeveled ? "yes" : "NO"}** |`);
+  L.push(`| frames delivered to the churning subscribers | ${Number(subs.delivered).toLocaleString("en")} |`);
+  L.push(`| close codes seen by the subscribers | ${Object.entries(codes).map(([c, n]) => `${c}: ${n}`).join(", ")} |`);
+  L.push(`| reordered / malformed frames, failed connects | ${subs.reordered} / ${subs.malformed} / ${subs.failed} |`);
+  L.push(`| post-soak check (10 full jobs): lost / reordered / malformed / unclean closes | ${checked.lost} / ${checked.reordered} / ${checked.malformed} / ${checked.badClose} |`);
+  L.push(`| monitor CPU for the whole soak | ${(last.cpuS - samples[0].cpuS).toFixed(1)} s |`);
+  L.push(`| exit status after SIGTERM | ${exitCode} |`, "");
+  L.push("Over time (one sample per second; heap = JS heap after the latest full GC):", "");
+  L.push("| t (s) | messages sent | channels started | channels kept | stored (MB) | connections | heap (MB) | RSS (MB) | CPU (s) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  for (const s of samples) {
+    L.push(`| ${s.t.toFixed(1)} | ${s.sent.toLocaleString("en")} | ${s.started.toLocaleString("en")} | ${f0(s.channels)} | ${f1(s.storedMB)} | ${f0(s.conns)} | ${f1(s.heapMB)} | ${mb(s.rssKB)} | ${(s.cpuS - samples[0].cpuS).toFixed(1)} |`);
+  }
+  L.push("");
+  if (!heapLeveled || faults > 0) process.exitCode = 1;
+  return L.join("\n");
 }
 
 // ---- report ---------------------------------------------------------------------------------------
