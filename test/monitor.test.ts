@@ -7,7 +7,7 @@ import { Broker, Browser, count, delay, startMonitor, waitUntil, type MonitorPro
 interface Rig {
   mon: MonitorProcess;
   broker: Broker;
-  subscribe(channel: string, options?: ConstructorParameters<typeof Browser>[2]): Promise<Browser>;
+  subscribe(channel: string, options?: ConstructorParameters<typeof Browser>[2], protocol?: string): Promise<Browser>;
 }
 
 function escape(s: string): string {
@@ -23,9 +23,9 @@ async function rig(t: TestContext, extraYaml: string): Promise<Rig> {
     broker.close();
     await mon.stop();
   });
-  const subscribe = async (channel: string, options: ConstructorParameters<typeof Browser>[2] = {}) => {
+  const subscribe = async (channel: string, options: ConstructorParameters<typeof Browser>[2] = {}, protocol?: string) => {
     const before = count(mon.output(), new RegExp(`subscribed to channel ${escape(channel)}\\n`));
-    const b = new Browser(`ws://127.0.0.1:${mon.wsPort}/`, undefined, options);
+    const b = new Browser(`ws://127.0.0.1:${mon.wsPort}/`, protocol, options);
     browsers.push(b);
     await b.opened;
     b.ws.send(channel);
@@ -273,4 +273,28 @@ test("a client that does not answer keepalive pings is dropped; a normal one sta
   assert.equal(normal.closed, null);
   await broker.send("ka", "STARTED");
   assert.deepEqual(await normal.waitMessages(1), [cmd("STARTED")]);
+});
+
+test("a full channel history (max_bytes_per_channel = max_buffered_bytes) replays completely to a new client", async (t) => {
+  const { broker, subscribe } = await rig(t, SMALL_BUFFER);
+  for (let i = 0; i < 1500; i++) await broker.send("full", "TASK", `task-${i}`, "COMPLETED");
+  const watcher = await subscribe("full");
+  const kept = await watcher.waitMessages(1, 5000);
+  assert.ok(kept.length >= 1);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(watcher.closed, null, `closed with ${watcher.closed?.code}`);
+  const bytes = watcher.messages.reduce((n, m) => n + m.length, 0);
+  assert.ok(bytes > 60_000 && bytes <= 65536, `replayed ${bytes} bytes`);
+  assert.equal(watcher.messages.at(-1), task("task-1499", "COMPLETED"));
+});
+
+test("a resumable client gets a full channel history too (the offsets it adds must not overflow its buffer)", async (t) => {
+  const { broker, subscribe } = await rig(t, SMALL_BUFFER);
+  for (let i = 0; i < 1500; i++) await broker.send("full", "TASK", `task-${i}`, "COMPLETED");
+  const watcher = await subscribe("full", undefined, "recodex-monitor.resume.v1");
+  assert.equal(watcher.ws.protocol, "recodex-monitor.resume.v1");
+  await watcher.waitMessages(1, 5000).catch(() => {});
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(watcher.closed, null, `closed with ${watcher.closed?.code} after ${watcher.messages.length} messages`);
+  assert.match(watcher.messages.at(-1) ?? "", /"offset": 1499, "message": \{"command": "TASK", "task_id": "task-1499"/);
 });
