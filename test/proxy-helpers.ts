@@ -174,6 +174,7 @@ ${indent(o.snippet.server.join("\n"), "        ")}
     stdio: ["ignore", "pipe", "pipe"],
     detached: true, // its own process group, so stop() can reach the workers too
   });
+  killOnExit(child, true);
   let out = "";
   child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
   child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
@@ -239,6 +240,27 @@ async function stopGroup(child: ChildProcess, exited: Promise<void>, signal: Nod
   }
   // Anything of the group still left (workers, renderer processes) goes now.
   killGroup(pid, "SIGKILL");
+}
+
+// Children still alive when this process exits (a test timeout, an uncaught error) are
+// killed synchronously, so nothing outlives the test run.
+const live = new Map<ChildProcess, boolean>();
+let exitHook = false;
+
+/** Kills `child` (its process group when `group`) with SIGKILL if it is still running at exit. */
+export function killOnExit(child: ChildProcess, group = false): void {
+  if (child.pid === undefined) return;
+  live.set(child, group);
+  child.once("exit", () => live.delete(child));
+  if (!exitHook) {
+    exitHook = true;
+    process.on("exit", () => {
+      for (const [c, g] of live) {
+        if (g) killGroup(c.pid!, "SIGKILL");
+        else if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+      }
+    });
+  }
 }
 
 function killGroup(pgid: number, signal: NodeJS.Signals): void {
@@ -314,6 +336,7 @@ export class Chromium {
       ],
       { stdio: ["ignore", "pipe", "pipe"], detached: true },
     );
+    killOnExit(child, true);
     const browser = new Chromium(child);
     try {
       const portFile = join(profileDir, "DevToolsActivePort");

@@ -11,6 +11,7 @@ import { Broker, delay, freePort, ROOT, startMonitor, tempDir, type MonitorProce
 import {
   Chromium,
   makeCertificate,
+  killOnExit,
   missingTools,
   splitNginxSnippet,
   startNginx,
@@ -94,6 +95,7 @@ test(
       // The snippet as an admin would paste it, with the monitor's port instead of 4567.
       monitor = await startMonitor();
       const m = monitor;
+      killOnExit(m.child);
       cleanups.push(async () => void (await m.stop()));
       const snippetText = readFileSync(SNIPPET, "utf8");
       assert.equal(
