@@ -30,6 +30,7 @@ const TARGETS = option("--target", "both");
 const SHAPES_WANTED = option("--shapes", "");
 const OUT = option("--out", SMOKE ? "" : join(BENCH, SOAK ? "SOAK.md" : "RESULTS.md"));
 const STARTUP = !flag("--no-startup");
+const KEEPALIVE = Number(option("--keepalive", "30")); // the monitor's default ping interval (s)
 
 // ---- shapes -------------------------------------------------------------------------------------
 type Shape = {
@@ -90,7 +91,7 @@ function configYaml(wsPort: number, zmqPort: number, level: string, retention: R
     `logger: {file: "-", level: ${level}}`,
     `retention: {${ret}}`,
     `limits: {max_buffered_bytes: 4194304, subscribe_timeout: 3600}`,
-    `keepalive: {interval: 30}`,
+    `keepalive: {interval: ${KEEPALIVE}}`,
     `websocket: {permessage_deflate: false}`,
     ...extra,
     "",
@@ -445,6 +446,7 @@ async function soak(target: TargetName): Promise<string> {
   const MESSAGES = Number(option("--messages", "1000000"));
   const CHANNELS = Number(option("--channels", "100000"));
   const RATE = Number(option("--rate", "25000"));
+  const SUBSCRIBERS = Number(option("--subscribers", "300"));
   const isMonitor = target !== "floor";
   // --trace-gc: the JS heap left after each full GC shows live memory, which RSS (V8 keeps
   // freed pages for a while) does not; /metrics gives the monitor's own channel accounting
@@ -490,7 +492,7 @@ async function soak(target: TargetName): Promise<string> {
   };
   await sample();
   const timer = setInterval(() => void sample(), 1000);
-  clients.send({ type: "soakStart", tag, concurrent: 300, seed: tag });
+  clients.send({ type: "soakStart", tag, concurrent: SUBSCRIBERS, seed: tag });
   const done = await sender.request(
     { type: "soak", tag, messages: MESSAGES, channels: CHANNELS, active: 2000, finishedShare: 0.1, rate: RATE, seed: tag },
     "soakDone",
@@ -538,7 +540,7 @@ async function soak(target: TargetName): Promise<string> {
   L.push(
     `Load: ${sent.toLocaleString("en")} broker messages in ${sendS.toFixed(0)} s (asked ${RATE.toLocaleString("en")}/s, got ${f0(sent / sendS)}/s) over ${started.toLocaleString("en")} channels ` +
       `(2,000 jobs running at once; 10 % run to FINISHED, the others stop midway, 30 % of those with a broker FAILED/ABORTED), ` +
-      `300 churning subscribers (each watches a recent or upcoming channel for 0.2-3.2 s, then closes or is closed; ${Number(subs.subscriptions).toLocaleString("en")} subscriptions in all).`,
+      `${SUBSCRIBERS} churning subscribers (each watches a recent or upcoming channel for 0.2-3.2 s, then closes or is closed; ${Number(subs.subscriptions).toLocaleString("en")} subscriptions in all).`,
     "",
   );
   L.push(`Monitor retention for the soak: \`${JSON.stringify(SOAK_RETENTION)}\`; \`http.enabled\` for /metrics; node \`--trace-gc\` for the heap left after each full GC.`, "");
