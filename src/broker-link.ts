@@ -18,6 +18,8 @@ export interface BrokerHandlers {
 // reading a socket that is already readable works: there the loop polls `readable`.
 const POLL_ONLY = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
 
+const YIELD_EVERY = 256;
+
 export function zmqEndpoint([host, port]: Address): string {
   const h = host === "" || host === "0.0.0.0" ? "*" : host.includes(":") ? `[${host}]` : host;
   return `tcp://${h}:${port === 0 ? "*" : port}`;
@@ -62,6 +64,7 @@ export class BrokerLink {
   async run(): Promise<void> {
     const handlers = this.handlers;
     let idleSince = Date.now();
+    let received = 0;
     try {
       while (!this.closed) {
         if (POLL_ONLY) {
@@ -71,6 +74,9 @@ export class BrokerLink {
           }
           idleSince = Date.now();
         }
+        // zeromq resolves a receive at once while messages are queued, so a flood would
+        // never leave the microtask queue: give sockets and timers a turn now and then.
+        if (++received % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
         const frames = await this.socket.receive();
         const parsed = parseFrames(frames, 1, this.maxChannelLength);
         if (parsed.kind === "message") handlers.message(parsed);

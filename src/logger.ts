@@ -36,12 +36,18 @@ export class Log {
   private readonly tslog: TsLogger<ILogObj>;
   private readonly stream: RotatingFileStream | null;
   private level: number;
+  private stderrBroken = false;
   readonly destination: string;
 
   constructor(options: LoggerOptions) {
     this.level = TSLOG_LEVEL[options.level];
     this.destination = options.file === "-" ? "stderr" : options.file;
     this.stream = options.file === "-" ? null : openRotating(options);
+    // A closed stderr (the terminal or the parent went away) must neither crash the relay
+    // nor loop on logging its own write errors: the log is then lost, the service is not.
+    process.stderr.on("error", () => {
+      this.stderrBroken = true;
+    });
     this.tslog = new TsLogger<ILogObj>({ type: "hidden", minLevel: this.level, stack: { capture: "off" } });
     this.tslog.attachTransport((obj) => this.write(obj));
   }
@@ -86,7 +92,7 @@ export class Log {
     const text = String(obj[0] ?? "");
     const line = `${timestamp(meta?.date ?? new Date())} [${LABEL[meta?.logLevelId ?? 3] ?? "INFO"}] ${text}\n`;
     if (this.stream === null) {
-      process.stderr.write(line);
+      if (!this.stderrBroken) process.stderr.write(line);
     } else {
       this.stream.write(line);
     }

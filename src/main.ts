@@ -77,8 +77,8 @@ async function main(argv: string[]): Promise<number> {
   let timeout = 5;
   if (values.timeout !== undefined) {
     timeout = Number(values.timeout);
-    if (command !== "check" || !Number.isFinite(timeout) || timeout <= 0) {
-      process.stderr.write(`recodex-monitor: --timeout takes a positive number of seconds and goes with 'check'\n`);
+    if (command !== "check" || !Number.isFinite(timeout) || timeout <= 0 || timeout > 3600) {
+      process.stderr.write(`recodex-monitor: --timeout takes a number of seconds from 0 to 3600 and goes with 'check'\n`);
       return EXIT.USAGE;
     }
   }
@@ -117,25 +117,30 @@ async function run(loaded: LoadedConfig): Promise<number> {
   let monitor: Monitor;
   try {
     monitor = new Monitor(config, log);
-    await monitor.start();
   } catch (err) {
     log.critical(`cannot start: ${(err as Error).message}`);
     await log.close();
     return fail(err);
   }
-  if (log.destination !== "stderr") {
-    process.stderr.write(`recodex-monitor ${pkg.version} running; log: ${log.destination}\n`);
-  }
-
-  const stop = (signal: string) => void monitor.stop(`${signal} received`);
+  // Handlers go in before the ports are bound: a signal that arrives while starting is
+  // acted on once the start has finished, never by the default action (death).
+  let started = false;
+  let pendingStop: string | null = null;
+  const stop = (signal: string) => {
+    if (started) void monitor.stop(`${signal} received`);
+    else pendingStop ??= signal;
+  };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGHUP", () => {
+    if (!started) {
+      log.warning("SIGHUP while starting: configuration not reloaded");
+      return;
+    }
     try {
       const next = loadConfig(loaded.source ?? undefined);
       for (const w of next.warnings) log.warning(w);
-      const changes = monitor.reload(next.config);
-      log.info(changes.length > 0 ? `configuration reloaded: ${changes.join("; ")}` : "configuration reloaded: nothing changed");
+      monitor.reload(next.config);
     } catch (err) {
       log.error(`configuration not reloaded, keeping the running one: ${(err as Error).message}`);
     }
@@ -144,6 +149,19 @@ async function run(loaded: LoadedConfig): Promise<number> {
     log.critical(`internal error: ${err.stack ?? err.message}`);
     void log.close().then(() => process.exit(EXIT.INTERNAL));
   });
+
+  try {
+    await monitor.start();
+  } catch (err) {
+    log.critical(`cannot start: ${(err as Error).message}`);
+    await log.close();
+    return fail(err);
+  }
+  started = true;
+  if (log.destination !== "stderr") {
+    process.stderr.write(`recodex-monitor ${pkg.version} running; log: ${log.destination}\n`);
+  }
+  if (pendingStop !== null) stop(pendingStop);
 
   await monitor.stopped;
   await log.close();

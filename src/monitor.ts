@@ -115,8 +115,11 @@ export class Monitor {
     return this.stopping;
   }
 
-  /** Applies what can change safely while running; returns what changed. */
-  reload(next: Config): string[] {
+  /**
+   * Applies what can change safely while running and logs what changed. All or nothing:
+   * anything that can fail (reading the TLS files) happens before the first change.
+   */
+  reload(next: Config): void {
     const changes: string[] = [];
     const prev = this.config;
     const note = (key: string, a: unknown, b: unknown) => {
@@ -138,28 +141,41 @@ export class Monitor {
     needsRestart("websocket.permessage_deflate", prev.websocket.permessage_deflate, next.websocket.permessage_deflate);
     needsRestart("websocket.resumable", prev.websocket.resumable, next.websocket.resumable);
     needsRestart("http", prev.http, next.http);
-    if ((prev.websocket.tls_cert === null) !== (next.websocket.tls_cert === null)) fixed.push("websocket.tls_cert");
+    // TLS can be re-keyed but not switched on or off: a running wss server stays one.
+    const tlsPaths = this.gateway.tls === (next.websocket.tls_cert !== null) ? next.websocket : prev.websocket;
+    if (tlsPaths !== next.websocket) fixed.push("websocket.tls_cert");
 
     const merged: Config = {
       ...next,
       websocket_uri: prev.websocket_uri,
       zeromq_uri: prev.zeromq_uri,
       logger: { ...next.logger, file: prev.logger.file },
-      websocket: { ...next.websocket, permessage_deflate: prev.websocket.permessage_deflate, resumable: prev.websocket.resumable },
+      websocket: {
+        ...next.websocket,
+        permessage_deflate: prev.websocket.permessage_deflate,
+        resumable: prev.websocket.resumable,
+        tls_cert: tlsPaths.tls_cert,
+        tls_key: tlsPaths.tls_key,
+      },
       http: prev.http,
     };
-    this.config = merged;
-    this.log.setLevel(merged.logger.level);
-    this.store.setLimits(merged.retention);
-    this.broker.setMaxChannelLength(merged.limits.max_channel_id_length);
-    this.gateway.setSettings(merged);
     if (this.gateway.tls) {
       this.gateway.reloadTls(loadTls(merged) as TlsFiles);
       changes.push("TLS certificate and key re-read");
     }
+    this.config = merged;
+    this.store.setLimits(merged.retention);
+    this.broker.setMaxChannelLength(merged.limits.max_channel_id_length);
+    this.gateway.setSettings(merged);
     if (this.sweepTimer !== null) this.startSweep();
     for (const key of fixed) changes.push(`${key} changed but needs a restart: kept the running value`);
-    return changes;
+    // The line is written at the more verbose of the two levels, so that turning the level
+    // up does not hide the news that it was turned up.
+    const levels = ["debug", "info", "warning", "error", "critical"];
+    const verbose = levels.indexOf(prev.logger.level) < levels.indexOf(merged.logger.level) ? prev.logger.level : merged.logger.level;
+    this.log.setLevel(verbose === "debug" ? "debug" : "info");
+    this.log.info(changes.length > 0 ? `configuration reloaded: ${changes.join("; ")}` : "configuration reloaded: nothing changed");
+    this.log.setLevel(merged.logger.level);
   }
 
   private startSweep(): void {

@@ -1,6 +1,8 @@
 // `recodex-monitor check`: plays the broker and a browser against the running monitor at
 // the configured addresses, pushes a test job through it and reports each step's timing.
 import { randomBytes } from "node:crypto";
+import { get as plainGet } from "node:http";
+import { get as httpsGet } from "node:https";
 import { performance } from "node:perf_hooks";
 import { WebSocket } from "ws";
 import * as zmq from "zeromq";
@@ -48,10 +50,8 @@ export async function runSelfTest(config: Config, timeoutSeconds: number, print:
     if (config.http.enabled) {
       const httpUrl = config.http.uri === null ? wsUrl.replace(/^ws/, "http") : `http://${hostPort(config.http.uri)}/`;
       await step(`GET ${httpUrl}readyz`, async () => {
-        const res = await fetch(`${httpUrl}readyz`).catch((err: Error) => {
-          throw new Error(`${err.message}${scheme === "wss" ? " (self-signed certificates are not accepted by this step)" : ""}`);
-        });
-        if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${(await res.text()).trim()}`);
+        const res = await httpGet(`${httpUrl}readyz`);
+        if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${res.body.trim()}`);
       });
     }
     const browser = await step("WebSocket connection", () => openClient(wsUrl, cleanups));
@@ -141,6 +141,21 @@ function openClient(url: string, cleanups: (() => void)[]): Promise<Client> {
   return new Promise((resolve, reject) => {
     ws.once("open", () => resolve(client));
     ws.once("error", (err) => reject(new Error(`${err.message} (is the monitor running and websocket_uri right?)`)));
+  });
+}
+
+/** A GET that, like the WebSocket steps, checks the monitor rather than its certificate. */
+function httpGet(url: string): Promise<{ status: number; body: string }> {
+  const get = url.startsWith("https:") ? httpsGet : plainGet;
+  return new Promise((resolve, reject) => {
+    const req = get(url, { rejectUnauthorized: false }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => (body += chunk));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
   });
 }
 
