@@ -6,7 +6,7 @@
 //   npm run package
 //   node packaging/package.mjs [--release N] [--version V] [--outdir DIR] [--only rpm|deb]
 //                              [--binary FILE] [--fast]
-// --fast compresses with zstd level 3 / xz level 0 (tests); the default is xz, readable by
+// --fast compresses with zstd level 3 (tests); the default is xz, readable by
 // every dpkg and rpm in use. The binary is never stripped or otherwise touched: it is a
 // Node single executable application and any post-processing corrupts it.
 import { spawn, spawnSync } from "node:child_process";
@@ -111,7 +111,7 @@ async function buildRpm() {
     ["_buildhost", "reproducible"],
     ["use_source_date_epoch_as_buildtime", "1"],
     ["clamp_mtime_to_source_date_epoch", "1"],
-    ["_binary_payload", opts.fast ? "w0T.xzdio" : "w6T.xzdio"],
+    ["pkg_payload", opts.fast ? "w3.zstdio" : "w6T.xzdio"],
   ];
   const args = ["-bb", "--target", "x86_64-linux", "--nodeps"];
   for (const [k, val] of defines) args.push("--define", `${k} ${val}`);

@@ -67,10 +67,12 @@ export async function roundTrip({ host, wsPort, zmqPort, channel, timeoutMs }) {
     };
     await sendRetry(["recodex-monitor", channel, "DOWNLOADED"]);
     await sendRetry(["recodex-monitor", channel, "FINISHED"]);
+    let timer;
     const code = await Promise.race([
       closed,
-      sleep(Math.max(0, deadline - Date.now())).then(() => "timeout"),
+      new Promise((r) => (timer = setTimeout(() => r("timeout"), Math.max(0, deadline - Date.now())))),
     ]);
+    clearTimeout(timer);
     const expected = [{ command: "DOWNLOADED" }, { command: "FINISHED" }];
     const ok =
       code === 1000 &&
@@ -96,6 +98,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       timeoutMs: Number(values.timeout),
     });
     console.log(`round trip ok: ${JSON.stringify(r.received)} close ${r.code}`);
+    process.exit(0);
   } catch (err) {
     console.error(`round trip FAILED: ${err.message}`);
     process.exit(1);
