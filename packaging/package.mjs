@@ -78,14 +78,25 @@ try {
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 
+const children = new Set();
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    for (const c of children) c.kill("SIGTERM");
+    fs.rmSync(tmp, { recursive: true, force: true });
+    process.exit(130);
+  });
+}
+
 function runAsync(cmd, args, what, env = {}) {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
+    children.add(child);
     let out = "";
     child.stdout.on("data", (d) => (out += d));
     child.stderr.on("data", (d) => (out += d));
     child.on("error", (err) => fail(`${what}: ${err.code === "ENOENT" ? `${cmd} not found` : err.message}`));
     child.on("close", (code, sig) => {
+      children.delete(child);
       if (code !== 0) fail(`${what} failed (exit ${code ?? sig}):\n${out}`);
       resolve(out);
     });

@@ -14,7 +14,8 @@
 #     packages (release+1) into a temp dir while debootstrap --variant=minbase runs once;
 #  2. .deb in a copy of that root: dpkg -i; user/group, files, modes, owners, unchanged
 #     binary; no node anywhere; the installed binary run as recodex (chroot + setpriv,
-#     env -i) with /tmp and /dev/shm mounted noexec: --version, startup time, relay round
+#     env -i) with /tmp and /dev/shm mounted noexec and the unit's RestrictAddressFamilies=
+#     enforced by a seccomp filter (packaging/restrict-families.pl): --version, startup time, relay round
 #     trip (ZeroMQ in, WebSocket out, client on the host side), SIGTERM -> exit 0; the clear
 #     error when no directory can hold the addon; upgrade with an edited config (kept and
 #     used); remove; purge (logs and user kept); purge with RECODEX_PURGE_LOGS=yes;
@@ -75,6 +76,8 @@ if grep -q '^MemoryDenyWriteExecute' "$REPO/packaging/recodex-monitor.service"; 
     fail "MemoryDenyWriteExecute breaks V8"
 fi
 pass "systemd-analyze verify prints nothing"
+FAMILIES=$(sed -n 's/^RestrictAddressFamilies=//p' "$REPO/packaging/recodex-monitor.service")
+[ -n "$FAMILIES" ] || fail "the unit has no RestrictAddressFamilies="
 
 log "building upgrade packages (release 2) in the background"
 "$NODE" "$REPO/packaging/package.mjs" --release 2 --fast --outdir "$WORK/up" \
@@ -186,7 +189,9 @@ run_monitor_roundtrip() { # ROOT WS_PORT ZMQ_PORT LABEL
     # keep the owner, drop earlier runs' lines (the 'ready' check below is about this run)
     if [ -f "$r/var/log/recodex/monitor.log" ]; then : > "$r/var/log/recodex/monitor.log"; fi
     start=$(date +%s%N)
-    # chroot, setpriv and env exec each other: $! is the monitor's own PID
+    # the unit's RestrictAddressFamilies= applied with a seccomp filter (as systemd does);
+    # perl, chroot, setpriv and env exec each other: $! is the monitor's own PID
+    perl "$REPO/packaging/restrict-families.pl" "$FAMILIES" -- \
     chroot "$r" setpriv --reuid=recodex --regid=recodex --init-groups --inh-caps=-all \
         --no-new-privs env -i RUNTIME_DIRECTORY=/run/recodex-monitor \
         /usr/bin/recodex-monitor -c /etc/recodex/monitor/config.yml \
@@ -207,7 +212,7 @@ run_monitor_roundtrip() { # ROOT WS_PORT ZMQ_PORT LABEL
     MONITOR_PID=""
     end=$(date +%s%N)
     [ $rc -eq 0 ] || { cat "$WORK/monitor-$label.out"; fail "$label: exit $rc after SIGTERM"; }
-    pass "$label: ran as recodex (env -i, noexec /tmp and /dev/shm), round trip, SIGTERM -> exit 0 in $(((end - start) / 1000000)) ms"
+    pass "$label: ran as recodex (env -i, noexec /tmp and /dev/shm, RestrictAddressFamilies=$FAMILIES), round trip, SIGTERM -> exit 0 in $(((end - start) / 1000000)) ms"
     [ -z "$(ls -A "$r/run/recodex-monitor")" ] || fail "$label: addon left behind in the runtime directory"
     expect_stat "$r" /var/log/recodex/monitor.log "$(in_root "$r" stat -c '%a' /var/log/recodex/monitor.log) recodex recodex"
     grep -q ready "$r/var/log/recodex/monitor.log" || fail "$label: no 'ready' in /var/log/recodex/monitor.log"
