@@ -716,7 +716,16 @@ function report(results: RunResult[], startups: Startup[], bare: number[], wallS
     L.push("");
   }
   if (verdicts.length > 0) {
-    L.push("## Targets (issue 4)", "", "| shape | target | measured | |", "|---|---|---|---|", ...verdicts, "");
+    const noise = median(results.map((r) => r.sat.otherCpuUs / 1e6 / (r.sat.windowNs / 1e9)));
+    L.push("## Targets (issue 4)", "");
+    if (noise > 0.25) {
+      L.push(
+        `**Caution:** other processes used a median ${f2(noise)} cores of this ${availableParallelism()}-core machine during the measurement windows; ` +
+          "throughput and latency ratios are dominated by that noise (CPU per frame is the most robust figure). Re-run on a quiet machine before drawing conclusions.",
+        "",
+      );
+    }
+    L.push("| shape | target | measured | |", "|---|---|---|---|", ...verdicts, "");
   }
   L.push("## Runs", "", "| shape | server | round | frames | frames/s | CPU µs/frame | paced p99 (ms) | gen. CPU µs/frame | other load (cores) | faults | exit |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const r of results) {
