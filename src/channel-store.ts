@@ -1,6 +1,7 @@
 // Channels: the history of each job's messages, its subscribers, and retention. Knows
 // nothing about sockets: a subscriber is anything with send/end. Memory is bounded by
 // per-channel and global caps; every way a channel can leave is counted and reported.
+import type { Config } from "./config.ts";
 import { CLOSE } from "./errors.ts";
 
 export interface CloseReason {
@@ -17,14 +18,7 @@ export interface Subscriber {
   end(close: CloseReason): void;
 }
 
-export interface RetentionLimits {
-  finished_ttl: number;
-  idle_ttl: number;
-  max_channels: number;
-  max_messages_per_channel: number;
-  max_bytes_per_channel: number;
-  max_total_bytes: number;
-}
+export type RetentionLimits = Config["retention"];
 
 export type DropCause = "finished" | "idle" | "evicted" | "shutdown";
 
