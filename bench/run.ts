@@ -30,6 +30,8 @@ const TARGETS = option("--target", "both");
 const SHAPES_WANTED = option("--shapes", "");
 const OUT = option("--out", SMOKE ? "" : join(BENCH, SOAK ? "SOAK.md" : "RESULTS.md"));
 const STARTUP = !flag("--no-startup");
+/** Extra node options for the relay (floor and node src/main.ts), e.g. "--cpu-prof" (space-separated). */
+const NODE_ARGS = option("--node-args", "").split(" ").filter((a) => a !== "");
 const KEEPALIVE = Number(option("--keepalive", "30")); // the monitor's default ping interval (s)
 
 // ---- shapes -------------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ type ServerOptions = { level?: string; extraConfig?: string[]; nodeArgs?: string
 
 async function startServer(target: TargetName, retention: Retention, opts: ServerOptions = {}): Promise<Server> {
   const level = opts.level ?? "warning";
-  const nodeArgs = opts.nodeArgs ?? [];
+  const nodeArgs = opts.nodeArgs ?? NODE_ARGS;
   const wsPort = await freePort();
   let zmqPort = await freePort();
   while (zmqPort === wsPort) zmqPort = await freePort();
@@ -452,7 +454,7 @@ async function soak(target: TargetName): Promise<string> {
   // freed pages for a while) does not; /metrics gives the monitor's own channel accounting
   const server = await startServer(target, SOAK_RETENTION, {
     extraConfig: isMonitor ? ["http: {enabled: true}"] : [],
-    nodeArgs: target === "binary" ? [] : ["--trace-gc"],
+    nodeArgs: target === "binary" ? [] : ["--trace-gc", ...NODE_ARGS],
   });
   let liveHeapMB = NaN;
   server.onLine = (line) => {
@@ -543,7 +545,7 @@ async function soak(target: TargetName): Promise<string> {
       `${SUBSCRIBERS} churning subscribers (each watches a recent or upcoming channel for 0.2-3.2 s, then closes or is closed; ${Number(subs.subscriptions).toLocaleString("en")} subscriptions in all).`,
     "",
   );
-  L.push(`Monitor retention for the soak: \`${JSON.stringify(SOAK_RETENTION)}\`; \`http.enabled\` for /metrics; node \`--trace-gc\` for the heap left after each full GC.`, "");
+  L.push(`Monitor retention for the soak: \`${JSON.stringify(SOAK_RETENTION)}\`; \`http.enabled\` for /metrics; node \`--trace-gc${NODE_ARGS.map((a) => " " + a).join("")}\` (the JS heap left after each full GC).`, "");
   L.push("| | |", "|---|---|");
   L.push(`| channels kept (max seen / retention.max_channels) | ${f0(maxChannels)} / ${f0(SOAK_RETENTION.max_channels)} |`);
   L.push(`| JS heap after full GC: max in 25-50 % / 50-100 % of the messages | ${f1(heap1)} / ${f1(heap2)} MB |`);
