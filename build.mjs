@@ -28,6 +28,7 @@ const { values: opts } = parseArgs({
     out: { type: "string", default: "dist/recodex-monitor" },
     "bundle-only": { type: "boolean", default: false },
     "no-strip": { type: "boolean", default: false },
+    "code-cache": { type: "boolean", default: false },
   },
 });
 
@@ -150,7 +151,7 @@ fs.writeFileSync(
       output: path.basename(blobFile),
       disableExperimentalSEAWarning: true,
       useSnapshot: false,
-      useCodeCache: false,
+      useCodeCache: opts["code-cache"],
       assets: { "zeromq.node": path.basename(addonCopy) },
     },
     null,

@@ -68,6 +68,15 @@ if (v.status !== 0 || !v.stdout.includes(pkg.version)) {
 }
 fs.mkdirSync(outdir, { recursive: true });
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "recodex-monitor-pkg-"));
+const children = new Set();
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    for (const c of children) c.kill("SIGTERM");
+    fs.rmSync(tmp, { recursive: true, force: true });
+    process.exit(130);
+  });
+}
+
 const t0 = Date.now();
 const step = (msg) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
 
@@ -76,15 +85,6 @@ try {
   await Promise.all([opts.only !== "deb" && buildRpm(), opts.only !== "rpm" && buildDeb()]);
 } finally {
   fs.rmSync(tmp, { recursive: true, force: true });
-}
-
-const children = new Set();
-for (const sig of ["SIGINT", "SIGTERM"]) {
-  process.on(sig, () => {
-    for (const c of children) c.kill("SIGTERM");
-    fs.rmSync(tmp, { recursive: true, force: true });
-    process.exit(130);
-  });
 }
 
 function runAsync(cmd, args, what, env = {}) {

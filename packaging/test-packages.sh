@@ -8,17 +8,19 @@
 # the mirror configured in /etc/apt/sources.list* (override: DEBIAN_MIRROR=URL,
 # DEBIAN_SUITE=bookworm).
 #
-# What it does, in a private network + mount namespace (loopback only, all mounts vanish
-# on exit):
+# What it does (step 1 on the host's network, steps 2-3 in a private network namespace with
+# loopback only, and a private mount namespace, so all mounts vanish on exit):
 #  1. systemd-analyze verify of the unit must print nothing; builds the "upgrade"
 #     packages (release+1) into a temp dir while debootstrap --variant=minbase runs once;
 #  2. .deb in a copy of that root: dpkg -i; user/group, files, modes, owners, unchanged
 #     binary; no node anywhere; the installed binary run as recodex (chroot + setpriv,
 #     env -i) with /tmp and /dev/shm mounted noexec and the unit's RestrictAddressFamilies=
-#     enforced by a seccomp filter (packaging/restrict-families.pl): --version, startup time, relay round
-#     trip (ZeroMQ in, WebSocket out, client on the host side), SIGTERM -> exit 0; the clear
+#     enforced by a seccomp filter (packaging/restrict-families.pl): --version, startup
+#     time, relay round trip (ZeroMQ in, WebSocket out, client on the host side), SIGTERM
+#     -> exit 0; the clear
 #     error when no directory can hold the addon; upgrade with an edited config (kept and
-#     used); remove; purge (logs and user kept); purge with RECODEX_PURGE_LOGS=yes;
+#     used); remove; purge (logs and user kept); in another root, purge with
+#     RECODEX_PURGE_LOGS=yes (nothing left);
 #  3. .rpm in another copy: a pre-existing recodex user left alone; rpm -i with scriptlets,
 #     same checks, rpm -U keeps the edited config, rpm -e.
 # Environment: KEEP=1 keeps the work directory; DEBOOTSTRAP_ROOT=DIR reuses (copies) an
@@ -32,12 +34,6 @@ if [ "$(id -u)" != 0 ]; then
     echo "test-packages.sh: must run as root (debootstrap, chroot, mount)" >&2
     exit 2
 fi
-if [ -z "${RECODEX_PKGTEST_NS:-}" ]; then
-    # own network namespace: the monitor's default ports cannot collide with anything
-    exec unshare --net --mount --propagation private \
-        env RECODEX_PKGTEST_NS=1 bash "${BASH_SOURCE[0]}" "$@"
-fi
-ip link set lo up
 
 VERSION=$("$NODE" -p 'require(process.argv[1]).version' "$REPO/package.json")
 BIN="$REPO/dist/recodex-monitor"
@@ -46,78 +42,92 @@ DEB="$REPO/dist/recodex-monitor_${VERSION}-1_amd64.deb"
 for f in "$BIN" "$RPM" "$DEB"; do
     [ -f "$f" ] || { echo "missing $f: run npm run build && npm run package" >&2; exit 2; }
 done
+FAMILIES=$(sed -n 's/^RestrictAddressFamilies=//p' "$REPO/packaging/recodex-monitor.service")
 
-WORK=$(mktemp -d /var/tmp/recodex-monitor-pkgtest.XXXXXX)
-MONITOR_PID=""
-cleanup() {
-    local rc=$?
-    if [ -n "$MONITOR_PID" ]; then kill -KILL "$MONITOR_PID" 2>/dev/null || true; fi
-    if [ -n "${UPGRADE_PID:-}" ]; then kill "$UPGRADE_PID" 2>/dev/null || true; fi
-    if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-    if [ $rc -eq 0 ]; then echo "ALL PACKAGE TESTS PASSED"; else echo "PACKAGE TESTS FAILED (exit $rc)"; fi
-}
-trap cleanup EXIT
-
-T0=$(date +%s)
+T0=${RECODEX_PKGTEST_T0:-$(date +%s)}
 log() { printf '[%4ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 pass() { echo "  ok: $*"; }
 
-# --- 1. unit file, upgrade packages, base root ------------------------------------------
-log "systemd-analyze verify recodex-monitor.service"
-mkdir -p "$WORK/unit"
-sed "s#^ExecStart=/usr/bin/recodex-monitor #ExecStart=$BIN #" \
-    "$REPO/packaging/recodex-monitor.service" > "$WORK/unit/recodex-monitor.service"
-grep -q "^ExecStart=$BIN -c /etc/recodex/monitor/config.yml$" "$WORK/unit/recodex-monitor.service" \
-    || fail "unexpected ExecStart in the unit"
-out=$(systemd-analyze verify "$WORK/unit/recodex-monitor.service" 2>&1) || fail "systemd-analyze verify: $out"
-[ -z "$out" ] || fail "systemd-analyze verify printed: $out"
-if grep -q '^MemoryDenyWriteExecute' "$REPO/packaging/recodex-monitor.service"; then
-    fail "MemoryDenyWriteExecute breaks V8"
+if [ -z "${RECODEX_PKGTEST_NS:-}" ]; then
+    # --- 1. (host network) unit file, upgrade packages, base root ---------------------------
+    WORK=$(mktemp -d /var/tmp/recodex-monitor-pkgtest.XXXXXX)
+    UPGRADE_PID=""
+    cleanup() {
+        local rc=$?
+        if [ -n "$UPGRADE_PID" ]; then kill "$UPGRADE_PID" 2>/dev/null || true; fi
+        if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+        if [ $rc -eq 0 ]; then echo "ALL PACKAGE TESTS PASSED"; else echo "PACKAGE TESTS FAILED (exit $rc)"; fi
+    }
+    trap cleanup EXIT
+
+    log "systemd-analyze verify recodex-monitor.service"
+    mkdir -p "$WORK/unit"
+    sed "s#^ExecStart=/usr/bin/recodex-monitor #ExecStart=$BIN #" \
+        "$REPO/packaging/recodex-monitor.service" > "$WORK/unit/recodex-monitor.service"
+    grep -q "^ExecStart=$BIN -c /etc/recodex/monitor/config.yml$" "$WORK/unit/recodex-monitor.service" \
+        || fail "unexpected ExecStart in the unit"
+    out=$(systemd-analyze verify "$WORK/unit/recodex-monitor.service" 2>&1) || fail "systemd-analyze verify: $out"
+    [ -z "$out" ] || fail "systemd-analyze verify printed: $out"
+    if grep -q '^MemoryDenyWriteExecute' "$REPO/packaging/recodex-monitor.service"; then
+        fail "MemoryDenyWriteExecute breaks V8"
+    fi
+    [ -n "$FAMILIES" ] || fail "the unit has no RestrictAddressFamilies="
+    pass "systemd-analyze verify prints nothing"
+
+    log "building upgrade packages (release 2) in the background"
+    "$NODE" "$REPO/packaging/package.mjs" --release 2 --fast --outdir "$WORK/up" \
+        > "$WORK/upgrade-build.log" 2>&1 &
+    UPGRADE_PID=$!
+
+    debian_mirror() {
+        if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+        local f url
+        # deb822 sources: the URIs line of a stanza that is not the security archive
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [ -f "$f" ] || continue
+            url=$(awk '/^URIs:/ {print $2}' "$f" | grep -v -- '-security' | grep '/debian/\?$' | head -n1)
+            if [ -n "$url" ]; then echo "$url"; return; fi
+        done
+        # one-line sources
+        url=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; break}}' \
+            | grep -v -- '-security' | grep '/debian/\?$' | head -n1)
+        echo "${url:-http://deb.debian.org/debian}"
+    }
+    SUITE=${DEBIAN_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}
+    if [ -n "${DEBOOTSTRAP_ROOT:-}" ] && [ -x "$DEBOOTSTRAP_ROOT/bin/sh" ]; then
+        log "reusing minbase root $DEBOOTSTRAP_ROOT"
+        cp -a "$DEBOOTSTRAP_ROOT" "$WORK/base"
+    else
+        MIRROR=$(debian_mirror)
+        log "debootstrap --variant=minbase $SUITE from $MIRROR (once; copied for each test)"
+        debootstrap --variant=minbase "$SUITE" "$WORK/base" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
+            || { tail -n 30 "$WORK/debootstrap.log"; fail "debootstrap"; }
+    fi
+    [ ! -e "$WORK/base/usr/bin/node" ] || fail "base root has node"
+
+    wait "$UPGRADE_PID" || { cat "$WORK/upgrade-build.log"; fail "building upgrade packages"; }
+    UPGRADE_PID=""
+    log "upgrade packages built"
+
+    # --- the rest in a private network namespace (loopback only: the default ports cannot
+    # collide with anything) and mount namespace (all mounts vanish with it)
+    rc=0
+    unshare --net --mount --propagation private \
+        env RECODEX_PKGTEST_NS=1 RECODEX_PKGTEST_WORK="$WORK" RECODEX_PKGTEST_T0="$T0" \
+        bash "${BASH_SOURCE[0]}" || rc=$?
+    exit $rc
 fi
-pass "systemd-analyze verify prints nothing"
-FAMILIES=$(sed -n 's/^RestrictAddressFamilies=//p' "$REPO/packaging/recodex-monitor.service")
-[ -n "$FAMILIES" ] || fail "the unit has no RestrictAddressFamilies="
 
-log "building upgrade packages (release 2) in the background"
-"$NODE" "$REPO/packaging/package.mjs" --release 2 --fast --outdir "$WORK/up" \
-    > "$WORK/upgrade-build.log" 2>&1 &
-UPGRADE_PID=$!
-
-debian_mirror() {
-    if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
-    local f url
-    # deb822 sources: the URIs line of a stanza that is not the security archive
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        url=$(awk '/^URIs:/ {print $2}' "$f" | grep -v -- '-security' | grep '/debian/\?$' | head -n1)
-        if [ -n "$url" ]; then echo "$url"; return; fi
-    done
-    # one-line sources
-    url=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-        | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; break}}' \
-        | grep -v -- '-security' | grep '/debian/\?$' | head -n1)
-    echo "${url:-http://deb.debian.org/debian}"
-}
-SUITE=${DEBIAN_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}
+ip link set lo up
+WORK=$RECODEX_PKGTEST_WORK
 BASE="$WORK/base"
-if [ -n "${DEBOOTSTRAP_ROOT:-}" ] && [ -x "$DEBOOTSTRAP_ROOT/bin/sh" ]; then
-    log "reusing minbase root $DEBOOTSTRAP_ROOT"
-    cp -a "$DEBOOTSTRAP_ROOT" "$BASE"
-else
-    MIRROR=$(debian_mirror)
-    log "debootstrap --variant=minbase $SUITE from $MIRROR"
-    debootstrap --variant=minbase "$SUITE" "$BASE" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
-        || { tail -n 30 "$WORK/debootstrap.log"; fail "debootstrap"; }
-fi
-[ ! -e "$BASE/usr/bin/node" ] || fail "base root has node"
-
-wait "$UPGRADE_PID" || { cat "$WORK/upgrade-build.log"; fail "building upgrade packages"; }
-UPGRADE_PID=""
 UP_RPM="$WORK/up/recodex-monitor-$VERSION-2.x86_64.rpm"
 UP_DEB="$WORK/up/recodex-monitor_${VERSION}-2_amd64.deb"
 [ -f "$UP_RPM" ] && [ -f "$UP_DEB" ] || fail "upgrade packages missing"
-log "upgrade packages built"
+MONITOR_PID=""
+trap '[ -z "$MONITOR_PID" ] || kill -KILL "$MONITOR_PID" 2>/dev/null || true' EXIT
 
 # --- helpers ------------------------------------------------------------------------------
 new_root() { # DIR: fresh copy of the base root with proc and noexec /tmp, /dev/shm
@@ -285,22 +295,28 @@ expect_present "$R" /var/log/recodex/monitor.log
 in_root "$R" getent passwd recodex >/dev/null || fail "purge deleted the user while its logs remain"
 pass "purge: /etc/recodex and package state gone; logs and their owner recodex kept"
 
-log "DEB: reinstall, then RECODEX_PURGE_LOGS=yes dpkg --purge"
-in_root "$R" dpkg -i "/var/tmp/$(basename "$DEB")" > "$WORK/dpkg-reinstall.log" 2>&1 \
-    || { cat "$WORK/dpkg-reinstall.log"; fail "dpkg -i (reinstall)"; }
-check_installed "$R" /lib/systemd/system
-# the user existed already (kept by the purge above) so this installation did not create
-# it: mark it as ours again to test the full clean-up path
-touch "$R/var/lib/recodex-monitor/created-user" "$R/var/lib/recodex-monitor/created-group"
+umount "$R/proc" "$R/tmp" "$R/dev/shm"
+rm -rf "$R"
+
+log "DEB: another fresh root: install, run, RECODEX_PURGE_LOGS=yes dpkg --purge"
+R="$WORK/deb-root2"
+new_root "$R"
+cp "$DEB" "$R/var/tmp/"
+in_root "$R" dpkg -i "/var/tmp/$(basename "$DEB")" > "$WORK/dpkg-install2.log" 2>&1 \
+    || { cat "$WORK/dpkg-install2.log"; fail "dpkg -i"; }
+run_monitor_roundtrip "$R" 4567 7894 deb-install2
+expect_present "$R" /var/log/recodex/monitor.log
 in_root "$R" env RECODEX_PURGE_LOGS=yes dpkg --purge recodex-monitor > "$WORK/dpkg-purge2.log" 2>&1 \
     || { cat "$WORK/dpkg-purge2.log"; fail "dpkg --purge (with logs)"; }
-expect_absent "$R" /var/log/recodex
-expect_absent "$R" /etc/recodex
+for p in /usr/bin/recodex-monitor /lib/systemd/system/recodex-monitor.service /etc/recodex \
+    /var/log/recodex /var/lib/recodex-monitor; do
+    expect_absent "$R" "$p"
+done
 ! in_root "$R" getent passwd recodex >/dev/null || fail "user recodex not removed"
 ! in_root "$R" getent group recodex >/dev/null || fail "group recodex not removed"
-pass "purge with RECODEX_PURGE_LOGS=yes: logs, log dir, user and group created by the package gone"
 [ -z "$(in_root "$R" dpkg-query -W -f '${db:Status-Status}' recodex-monitor 2>/dev/null | grep -v not-installed)" ] \
     || fail "dpkg still knows the package"
+pass "purge with RECODEX_PURGE_LOGS=yes: nothing left (files, logs, log dir, user and group it created)"
 umount "$R/proc" "$R/tmp" "$R/dev/shm"
 rm -rf "$R"
 
