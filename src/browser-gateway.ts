@@ -25,6 +25,7 @@ export interface TlsFiles {
 type Refusal = "origin" | "capacity" | "per_ip" | "rate" | "draining";
 
 const SEND_TEXT = Object.freeze({ binary: false });
+const KEEPALIVE_TICKS = 30;
 
 export class BrowserGateway {
   private readonly server: Server | HttpsServer;
@@ -199,6 +200,7 @@ export class BrowserGateway {
       return;
     }
     const client = new Client(this, ws, ip, this.nextId++, ws.protocol === RESUME_PROTOCOL);
+    client.nextPing = this.firstPing(Date.now());
     // Without a negotiated extension a frame is plain bytes on the socket, so the gateway
     // can write prepared frames itself; with permessage-deflate, ws has to compress them.
     client.raw = ws.extensions === "";
@@ -354,14 +356,26 @@ export class BrowserGateway {
     if (client.channel !== null) this.store.unsubscribe(client.channel, client);
   }
 
+  // Pings are spread over the interval: each client has its own due time, and a tick every
+  // 1/30 of the interval pings those that are due. Pinging 10,000 tabs in one go would stall
+  // the relay for a noticeable moment every interval.
   private startKeepalive(): void {
     if (this.keepaliveTimer !== null) clearInterval(this.keepaliveTimer);
-    this.keepaliveTimer = setInterval(() => this.keepalive(), this.settings.keepalive.interval * 1000);
+    this.keepaliveTimer = setInterval(() => this.keepalive(), (this.settings.keepalive.interval * 1000) / KEEPALIVE_TICKS);
     this.keepaliveTimer.unref();
   }
 
+  /** When a new client's first ping is due: somewhere in the second half of an interval. */
+  private firstPing(now: number): number {
+    return now + this.settings.keepalive.interval * 1000 * (0.5 + Math.random() / 2);
+  }
+
   private keepalive(): void {
+    const now = Date.now();
+    const interval = this.settings.keepalive.interval * 1000;
     for (const client of this.clients) {
+      if (client.nextPing > now) continue;
+      client.nextPing = now + interval;
       if (!client.alive) {
         this.counters.pingTimeouts++;
         this.log.info(`client #${client.id} (${client.ip}) did not answer a keepalive ping: disconnected`);
@@ -372,7 +386,6 @@ export class BrowserGateway {
       client.ws.ping();
     }
     const full = this.settings.access.upgrade_burst;
-    const now = Date.now();
     for (const [ip, bucket] of this.buckets) {
       if (bucket.tokens + ((now - bucket.at) / 1000) * this.settings.access.upgrades_per_second_per_ip >= full) {
         this.buckets.delete(ip);
@@ -426,6 +439,7 @@ class Client implements Subscriber {
   channel: string | null = null;
   timer: ReturnType<typeof setTimeout> | null = null;
   alive = true;
+  nextPing = 0;
   done = false;
   raw = false;
   private pending: Buffer[] = [];
@@ -450,9 +464,13 @@ class Client implements Subscriber {
 
   end(close: CloseReason): void {
     if (this.done) return;
+    // The last messages and the close frame leave in one write.
+    const socket = (this.ws as unknown as { _socket?: Socket })._socket;
+    socket?.cork();
     this.flush();
     this.done = true;
     this.ws.close(close.code, close.reason);
+    socket?.uncork();
   }
 
   /** Leaves the channel and closes at once, discarding what has not been written. */

@@ -5,9 +5,8 @@ import { parseArgs } from "node:util";
 import pkg from "../package.json" with { type: "json" };
 import { loadConfig, type LoadedConfig } from "./config.ts";
 import { EXIT, MonitorError } from "./errors.ts";
-import { Log } from "./logger.ts";
-import { Monitor } from "./monitor.ts";
-import { runSelfTest } from "./self-test.ts";
+import type { Log } from "./logger.ts";
+import type { Monitor } from "./monitor.ts";
 
 const USAGE = `Usage: recodex-monitor [-c FILE] [--check-config]
        recodex-monitor check [-c FILE] [--timeout SECONDS]
@@ -96,6 +95,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command === "check") {
     try {
+      const { runSelfTest } = await import("./self-test.ts");
       return await runSelfTest(loaded.config, timeout, (line) => process.stdout.write(line + "\n"));
     } catch (err) {
       return fail(err);
@@ -106,6 +106,9 @@ async function main(argv: string[]): Promise<number> {
 
 async function run(loaded: LoadedConfig): Promise<number> {
   const { config } = loaded;
+  // Loaded here rather than at the top, so that --help, --version and --check-config answer
+  // without initialising ZeroMQ, ws and the rest.
+  const [{ Log }, { Monitor }] = await Promise.all([import("./logger.ts"), import("./monitor.ts")]);
   let log: Log;
   try {
     log = new Log(config.logger);

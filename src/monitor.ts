@@ -6,7 +6,7 @@ import { BrowserGateway, type TlsFiles } from "./browser-gateway.ts";
 import { ChannelStore } from "./channel-store.ts";
 import type { Config } from "./config.ts";
 import { CLOSE, MonitorError } from "./errors.ts";
-import { HttpEndpoints } from "./http-endpoints.ts";
+import type { HttpEndpoints } from "./http-endpoints.ts";
 import type { Log } from "./logger.ts";
 
 export type MonitorState = "starting" | "ready" | "draining" | "stopped";
@@ -17,7 +17,7 @@ export class Monitor {
   readonly store: ChannelStore;
   readonly broker: BrokerLink;
   readonly gateway: BrowserGateway;
-  readonly http: HttpEndpoints | null;
+  http: HttpEndpoints | null = null;
   state: MonitorState = "starting";
   readonly counters = { malformed: 0 };
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
@@ -69,13 +69,17 @@ export class Monitor {
       config.limits.max_channel_id_length,
     );
     this.gateway = new BrowserGateway(this.store, config, log, loadTls(config));
-    this.http = config.http.enabled ? new HttpEndpoints(this) : null;
-    if (this.http !== null && config.http.uri === null) this.gateway.httpHandler = this.http.handler;
   }
 
   /** Binds both ports (or neither) and starts relaying. */
   async start(): Promise<void> {
     const { config, log } = this;
+    if (config.http.enabled) {
+      // prom-client is loaded only when the endpoints are on: it is most of the start-up time.
+      const { HttpEndpoints } = await import("./http-endpoints.ts");
+      this.http = new HttpEndpoints(this);
+      if (config.http.uri === null) this.gateway.httpHandler = this.http.handler;
+    }
     await this.broker.bind(config.zeromq_uri);
     try {
       await this.gateway.listen(config.websocket_uri);
