@@ -18,7 +18,8 @@ export interface BrokerHandlers {
 // reading a socket that is already readable works: there the loop polls `readable`.
 const POLL_ONLY = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
 
-const YIELD_EVERY = 2048;
+const YIELD_MESSAGES = 2048;
+const YIELD_BYTES = 256 * 1024;
 
 export function zmqEndpoint([host, port]: Address): string {
   const h = host === "" || host === "0.0.0.0" ? "*" : host.includes(":") ? `[${host}]` : host;
@@ -65,6 +66,7 @@ export class BrokerLink {
     const handlers = this.handlers;
     let idleSince = Date.now();
     let received = 0;
+    let receivedBytes = 0;
     try {
       while (!this.closed) {
         if (POLL_ONLY) {
@@ -76,9 +78,15 @@ export class BrokerLink {
         }
         // zeromq resolves a receive at once while messages are queued, so a flood would
         // never leave the microtask queue: give sockets and timers a turn every 2048 messages
-        // (larger batches mean fewer write calls per message; a turn stays in the milliseconds).
-        if (++received % YIELD_EVERY === 0) await new Promise((r) => setImmediate(r));
+        // or 256 KB (larger batches mean fewer write calls per message; a turn stays within
+        // milliseconds, and what one turn queues for a client stays small).
+        if (++received >= YIELD_MESSAGES || receivedBytes >= YIELD_BYTES) {
+          received = 0;
+          receivedBytes = 0;
+          await new Promise((r) => setImmediate(r));
+        }
         const frames = await this.socket.receive();
+        for (let i = 1; i < frames.length; i++) receivedBytes += frames[i].length;
         const parsed = parseFrames(frames, 1, this.maxChannelLength);
         if (parsed.kind === "message") handlers.message(parsed);
         else if (parsed.kind === "invalid") handlers.invalid(parsed.reason, parsed.channel);

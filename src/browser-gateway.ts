@@ -37,7 +37,7 @@ export class BrowserGateway {
   private readonly perIp = new Map<string, number>();
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   private dirty: Client[] = [];
-  private lastPayload: Buffer | null = null;
+  private lastPayload: string | null = null;
   private lastFrame: Buffer = Buffer.alloc(0);
   private flushScheduled = false;
   private keepaliveTimer: ReturnType<typeof setInterval> | null = null;
@@ -296,7 +296,7 @@ export class BrowserGateway {
   };
 
   /** Writes a client's pending frames in one corked batch, or drops a client that cannot keep up. */
-  write(client: Client, frames: Buffer[], bytes: number): void {
+  write(client: Client, frames: string[], bytes: number): void {
     const ws = client.ws;
     if (ws.readyState !== WebSocket.OPEN) return;
     // What the peer has not taken since earlier turns decides; a burst that arrives within
@@ -330,7 +330,7 @@ export class BrowserGateway {
    * every subscriber of its channel in a row, so one cached frame serves them all: the
    * message is framed once however many tabs watch the job.
    */
-  private textFrame(payload: Buffer): Buffer {
+  private textFrame(payload: string): Buffer {
     if (payload === this.lastPayload) return this.lastFrame;
     const n = payload.length;
     const header = n < 126 ? 2 : n < 65536 ? 4 : 10;
@@ -346,7 +346,7 @@ export class BrowserGateway {
       frame.writeUInt32BE(0, 2);
       frame.writeUInt32BE(n, 6);
     }
-    payload.copy(frame, header);
+    frame.write(payload, header, "latin1");
     this.lastPayload = payload;
     this.lastFrame = frame;
     return frame;
@@ -442,7 +442,7 @@ class Client implements Subscriber {
   nextPing = 0;
   done = false;
   raw = false;
-  private pending: Buffer[] = [];
+  private pending: string[] = [];
   private pendingBytes = 0;
 
   constructor(gateway: BrowserGateway, ws: WebSocket, ip: string, id: number, resumable: boolean) {
@@ -453,13 +453,13 @@ class Client implements Subscriber {
     this.resumable = resumable;
   }
 
-  send(json: Buffer, offset: number): void {
+  send(json: string, offset: number): void {
     if (this.done) return;
-    this.queue(this.resumable ? Buffer.from(`{"offset": ${offset}, "message": ${json.toString("latin1")}}`, "latin1") : json);
+    this.queue(this.resumable ? `{"offset": ${offset}, "message": ${json}}` : json);
   }
 
   gap(firstOffset: number): void {
-    if (this.resumable) this.queue(Buffer.from(`{"gap": {"first_offset": ${firstOffset}}}`, "latin1"));
+    if (this.resumable) this.queue(`{"gap": {"first_offset": ${firstOffset}}}`);
   }
 
   end(close: CloseReason): void {
@@ -493,7 +493,7 @@ class Client implements Subscriber {
     this.gateway.write(this, frames, bytes);
   }
 
-  private queue(frame: Buffer): void {
+  private queue(frame: string): void {
     this.pending.push(frame);
     this.pendingBytes += frame.length;
     if (this.pending.length === 1) this.gateway.markDirty(this);

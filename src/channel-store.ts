@@ -11,7 +11,7 @@ export interface CloseReason {
 
 export interface Subscriber {
   /** A message for this channel, with its offset in the channel (0-based). */
-  send(json: Buffer, offset: number): void;
+  send(json: string, offset: number): void;
   /** The history asked for by a resume starts later than asked (or was lost): first kept offset. */
   gap(firstOffset: number): void;
   /** The store has let go of this subscriber (job finished, channel expired or evicted, shutdown). */
@@ -32,7 +32,9 @@ export class Channel {
   readonly id: string;
   readonly subscribers = new Set<Subscriber>();
   /** Kept messages are history[head..]; older ones were dropped at a cap. */
-  history: Buffer[] = [];
+  // History is kept as strings rather than Buffers: small Buffers are slices of shared 8 KB
+  // slabs, and one kept message would pin a whole slab long after its neighbours are gone.
+  history: string[] = [];
   head = 0;
   firstOffset = 0;
   nextOffset = 0;
@@ -106,7 +108,7 @@ export class ChannelStore {
     return Math.min(1000, Math.max(20, shortest / 10));
   }
 
-  publish(id: string, command: string, json: Buffer): void {
+  publish(id: string, command: string, json: string): void {
     const now = this.now();
     let ch = this.channels.get(id);
     if (ch === undefined) {
@@ -226,7 +228,7 @@ export class ChannelStore {
     // The last message is never dropped, so FINISHED always reaches late joiners.
     while (ch.kept > 1 && (ch.kept > maxMessages || ch.bytes > maxBytes)) {
       const old = ch.history[ch.head];
-      ch.history[ch.head] = EMPTY;
+      ch.history[ch.head] = "";
       ch.head++;
       ch.firstOffset++;
       ch.bytes -= old.length;
@@ -281,5 +283,3 @@ export class ChannelStore {
     this.hooks.dropped?.(ch, cause);
   }
 }
-
-const EMPTY = Buffer.alloc(0);

@@ -8,7 +8,7 @@ const KEYS = ["command", "task_id", "task_state"] as const;
 const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 export type ParsedFrames =
-  | { kind: "message"; channel: string; json: Buffer; command: string }
+  | { kind: "message"; channel: string; json: string; command: string }
   | { kind: "exit" }
   | { kind: "invalid"; reason: string; channel?: string };
 
@@ -47,14 +47,17 @@ function decode(bytes: Uint8Array): string | null {
   }
 }
 
-/** The JSON object for up to three values, as bytes (pure ASCII by construction). */
-export function encodeMessage(values: readonly string[]): Buffer {
+/**
+ * The JSON object for up to three values. Pure ASCII by construction, so its characters
+ * are its bytes; kept as a string, which V8 stores compactly (one byte a character).
+ */
+export function encodeMessage(values: readonly string[]): string {
   let out = "{";
   for (let i = 0; i < values.length && i < KEYS.length; i++) {
     if (i > 0) out += ", ";
     out += '"' + KEYS[i] + '": ' + pythonJsonString(values[i]);
   }
-  return Buffer.from(out + "}", "latin1");
+  return out + "}";
 }
 
 // Printable ASCII except '"' and '\\' passes through; this matches Python's ensure_ascii.

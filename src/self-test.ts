@@ -61,7 +61,7 @@ export async function runSelfTest(config: Config, timeoutSeconds: number, print:
     if (zmqUrl.includes("[")) broker.ipv6 = true;
     broker.connect(zmqUrl);
     const sequence: string[][] = [["DOWNLOADED"], ["TASK", "selftest-task", "COMPLETED"], ["FINISHED"]];
-    const expected = sequence.map((values) => encodeMessage(values).toString("latin1"));
+    const expected = sequence.map((values) => encodeMessage(values));
     await step("ZeroMQ connection (handshake with recodex-monitor)", () =>
       sendWhenConnected(broker, [channel, ...sequence[0]], timeoutMs),
     );

@@ -26,9 +26,9 @@ class Sub implements Subscriber {
   offsets: number[] = [];
   gaps: number[] = [];
   ended: CloseReason | null = null;
-  send(json: Buffer, offset: number): void {
+  send(json: string, offset: number): void {
     assert.equal(this.ended, null, "message after end");
-    this.got.push(json.toString());
+    this.got.push(json);
     this.offsets.push(offset);
   }
   gap(first: number): void {
@@ -44,7 +44,7 @@ class Sub implements Subscriber {
   }
 }
 
-const msg = (command: string, extra = ""): Buffer => Buffer.from(`{"command": "${command}"${extra}}`);
+const msg = (command: string, extra = ""): string => `{"command": "${command}"${extra}}`;
 
 function setup(limits: Partial<RetentionLimits> = {}) {
   const clock = new Clock();
