@@ -85,6 +85,8 @@ test("/metrics counts connections, channels, stored messages and bytes, messages
   t.after(() => broker.close());
   const live = await Browser.open(m.wsPort, "job_m");
   t.after(() => live.close());
+  // Live, not replayed: the subscription must be in before the first message.
+  await m.waitFor(/subscribed to channel job_m/);
   await broker.send("job_m", "DOWNLOADED");
   await broker.send("job_m", "TASK", "t1", "COMPLETED");
   await live.waitMessages(2);
