@@ -19,6 +19,7 @@ export interface BrokerHandlers {
 const POLL_ONLY = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
 
 const YIELD_MESSAGES = 2048;
+const MAX_FRAME_BYTES = 64 * 1024 * 1024;
 const YIELD_BYTES = 256 * 1024;
 
 export function zmqEndpoint([host, port]: Address): string {
@@ -30,18 +31,23 @@ export class BrokerLink {
   private readonly socket: zmq.Router;
   private readonly handlers: BrokerHandlers;
   private maxChannelLength: number;
+  private maxMessageLength: number;
   private closed = false;
   peers = 0;
   endpoint = "";
 
-  constructor(handlers: BrokerHandlers, maxChannelLength: number) {
+  constructor(handlers: BrokerHandlers, maxChannelLength: number, maxMessageLength: number) {
     this.handlers = handlers;
     this.maxChannelLength = maxChannelLength;
-    this.socket = new zmq.Router({ routingId: ROUTING_ID, linger: 0 });
+    this.maxMessageLength = maxMessageLength;
+    // libzmq drops a peer that sends a frame over maxMessageSize before it is ever
+    // allocated here: a hard ceiling far above any real message.
+    this.socket = new zmq.Router({ routingId: ROUTING_ID, linger: 0, maxMessageSize: MAX_FRAME_BYTES });
   }
 
-  setMaxChannelLength(n: number): void {
-    this.maxChannelLength = n;
+  setLimits(maxChannelLength: number, maxMessageLength: number): void {
+    this.maxChannelLength = maxChannelLength;
+    this.maxMessageLength = maxMessageLength;
   }
 
   async bind(address: Address): Promise<void> {
@@ -87,7 +93,7 @@ export class BrokerLink {
         }
         const frames = await this.socket.receive();
         for (let i = 1; i < frames.length; i++) receivedBytes += frames[i].length;
-        const parsed = parseFrames(frames, 1, this.maxChannelLength);
+        const parsed = parseFrames(frames, 1, this.maxChannelLength, this.maxMessageLength);
         if (parsed.kind === "message") handlers.message(parsed);
         else if (parsed.kind === "invalid") handlers.invalid(parsed.reason, parsed.channel);
         else handlers.exit();

@@ -34,11 +34,12 @@ export class BrowserGateway {
   private readonly log: Log;
   private settings: GatewaySettings;
   private readonly clients = new Set<Client>();
+  private readonly sockets = new Set<Socket>();
   private readonly perIp = new Map<string, number>();
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   private dirty: Client[] = [];
-  private lastPayload: string | null = null;
-  private lastFrame: Buffer = Buffer.alloc(0);
+  /** Frames built in this turn, by payload: each message is framed once for all its subscribers. */
+  private readonly frames = new Map<string, Buffer>();
   private flushScheduled = false;
   private keepaliveTimer: ReturnType<typeof setInterval> | null = null;
   private nextId = 1;
@@ -78,6 +79,12 @@ export class BrowserGateway {
     });
     this.server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
     this.server.on("clientError", (_err: Error, socket: Duplex) => socket.destroy());
+    // Every raw connection, including ones that never become clients (refused upgrades,
+    // a TLS handshake that never starts), so that shutdown can cut them off.
+    this.server.on("connection", (socket: Socket) => {
+      this.sockets.add(socket);
+      socket.once("close", () => this.sockets.delete(socket));
+    });
   }
 
   get connections(): number {
@@ -88,6 +95,8 @@ export class BrowserGateway {
   setSettings(settings: GatewaySettings): void {
     const intervalChanged = settings.keepalive.interval !== this.settings.keepalive.interval;
     this.settings = settings;
+    // ws reads maxPayload for each new connection.
+    (this.wss.options as { maxPayload: number }).maxPayload = settings.limits.max_client_message;
     if (intervalChanged && this.keepaliveTimer !== null) this.startKeepalive();
   }
 
@@ -130,11 +139,12 @@ export class BrowserGateway {
     this.keepaliveTimer = null;
     const listening = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const client of [...this.clients]) client.end(close);
-    const deadline = Date.now() + timeoutMs;
-    while (this.clients.size > 0 && Date.now() < deadline) {
+    const deadline = performance.now() + timeoutMs;
+    while (this.clients.size > 0 && performance.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
     }
     for (const client of [...this.clients]) client.ws.terminate();
+    for (const socket of this.sockets) socket.destroy();
     (this.server as Server).closeAllConnections?.();
     await listening;
   }
@@ -156,6 +166,7 @@ export class BrowserGateway {
       this.counters.refused[refusal]++;
       const [status, text] = REFUSALS[refusal];
       this.log.warning(`refused WebSocket upgrade from ${ip}: ${text}`);
+      socket.once("finish", () => socket.destroy());
       socket.end(
         `HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${text.length + 1}\r\n\r\n${text}\n`,
       );
@@ -181,7 +192,7 @@ export class BrowserGateway {
 
   private takeToken(ip: string): boolean {
     const { upgrades_per_second_per_ip: rate, upgrade_burst: burst } = this.settings.access;
-    const now = Date.now();
+    const now = performance.now();
     let bucket = this.buckets.get(ip);
     if (bucket === undefined) {
       bucket = { tokens: burst, at: now };
@@ -200,14 +211,16 @@ export class BrowserGateway {
       return;
     }
     const client = new Client(this, ws, ip, this.nextId++, ws.protocol === RESUME_PROTOCOL);
-    client.nextPing = this.firstPing(Date.now());
+    client.nextPing = this.firstPing(performance.now());
     // Without a negotiated extension a frame is plain bytes on the socket, so the gateway
     // can write prepared frames itself; with permessage-deflate, ws has to compress them.
     client.raw = ws.extensions === "";
     this.clients.add(client);
     this.perIp.set(ip, (this.perIp.get(ip) ?? 0) + 1);
     this.counters.accepted++;
-    this.log.debug(`client #${client.id} connected from ${ip} (${req.url ?? "/"}${client.resumable ? ", resumable" : ""})`);
+    if (this.log.debugEnabled) {
+      this.log.debug(`client #${client.id} connected from ${ip} (${req.url ?? "/"}${client.resumable ? ", resumable" : ""})`);
+    }
     ws.on("message", (data: Buffer, isBinary: boolean) => this.onMessage(client, data, isBinary));
     ws.on("pong", () => {
       client.alive = true;
@@ -276,7 +289,9 @@ export class BrowserGateway {
     const n = (this.perIp.get(client.ip) ?? 1) - 1;
     if (n <= 0) this.perIp.delete(client.ip);
     else this.perIp.set(client.ip, n);
-    this.log.debug(`client #${client.id} (${client.ip}) disconnected with ${code}${client.channel !== null ? ` from channel ${client.channel}` : ""}`);
+    if (this.log.debugEnabled) {
+      this.log.debug(`client #${client.id} (${client.ip}) disconnected with ${code}${client.channel !== null ? ` from channel ${client.channel}` : ""}`);
+    }
   }
 
   /** Called by a client that has frames waiting; they go out after the current turn. */
@@ -293,6 +308,7 @@ export class BrowserGateway {
     const dirty = this.dirty;
     this.dirty = [];
     for (let i = 0; i < dirty.length; i++) dirty[i].flush();
+    this.frames.clear();
   };
 
   /** Writes a client's pending frames in one corked batch, or drops a client that cannot keep up. */
@@ -325,13 +341,10 @@ export class BrowserGateway {
     this.counters.sentBytes += bytes;
   }
 
-  /**
-   * The WebSocket frame (unmasked, final, text) for a payload. A live message goes to
-   * every subscriber of its channel in a row, so one cached frame serves them all: the
-   * message is framed once however many tabs watch the job.
-   */
+  /** The WebSocket frame (unmasked, final, text) for a payload, built once per turn. */
   private textFrame(payload: string): Buffer {
-    if (payload === this.lastPayload) return this.lastFrame;
+    const cached = this.frames.get(payload);
+    if (cached !== undefined) return cached;
     const n = payload.length;
     const header = n < 126 ? 2 : n < 65536 ? 4 : 10;
     const frame = Buffer.allocUnsafe(header + n);
@@ -347,8 +360,7 @@ export class BrowserGateway {
       frame.writeUInt32BE(n, 6);
     }
     frame.write(payload, header, "latin1");
-    this.lastPayload = payload;
-    this.lastFrame = frame;
+    this.frames.set(payload, frame);
     return frame;
   }
 
@@ -371,7 +383,7 @@ export class BrowserGateway {
   }
 
   private keepalive(): void {
-    const now = Date.now();
+    const now = performance.now();
     const interval = this.settings.keepalive.interval * 1000;
     for (const client of this.clients) {
       if (client.nextPing > now) continue;

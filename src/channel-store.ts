@@ -38,6 +38,8 @@ export class Channel {
   head = 0;
   firstOffset = 0;
   nextOffset = 0;
+  /** The offset of the channel's first message ever. */
+  readonly baseOffset: number;
   bytes = 0;
   lastActivity: number;
   /** When the channel last moved to the end of the activity order (see publish). */
@@ -45,8 +47,11 @@ export class Channel {
   finishedAt = 0;
   truncated = false;
 
-  constructor(id: string, now: number) {
+  constructor(id: string, now: number, firstOffset: number) {
     this.id = id;
+    this.baseOffset = firstOffset;
+    this.firstOffset = firstOffset;
+    this.nextOffset = firstOffset;
     this.lastActivity = now;
     this.movedAt = now;
   }
@@ -68,11 +73,11 @@ export class ChannelStore {
   private readonly hooks: StoreHooks;
   private readonly now: () => number;
 
+  private created = 0;
   totalBytes = 0;
   totalMessages = 0;
   readonly counters = {
     published: 0,
-    delivered: 0,
     late: 0,
     replays: 0,
     replayedMessages: 0,
@@ -82,7 +87,7 @@ export class ChannelStore {
     truncatedMessages: 0,
   };
 
-  constructor(limits: RetentionLimits, hooks: StoreHooks = {}, now: () => number = Date.now) {
+  constructor(limits: RetentionLimits, hooks: StoreHooks = {}, now: () => number = () => performance.now()) {
     this.limits = { ...limits };
     this.hooks = hooks;
     this.now = now;
@@ -140,7 +145,6 @@ export class ChannelStore {
     }
 
     for (const sub of ch.subscribers) sub.send(json, offset);
-    this.counters.delivered += ch.subscribers.size;
 
     if (command === FINISHED_COMMAND) {
       ch.finishedAt = now;
@@ -186,7 +190,7 @@ export class ChannelStore {
     if (ch === undefined || !ch.subscribers.delete(sub)) return;
     // A channel that only a departed subscriber created (the job has not sent anything
     // yet, or never will) is forgotten at once rather than at idle_ttl.
-    if (ch.subscribers.size === 0 && ch.nextOffset === 0) {
+    if (ch.subscribers.size === 0 && ch.nextOffset === ch.baseOffset) {
       this.channels.delete(id);
       this.live.delete(id);
     }
@@ -217,7 +221,11 @@ export class ChannelStore {
     while (this.channels.size >= this.limits.max_channels) {
       if (!this.evictOne(null)) break;
     }
-    const ch = new Channel(id, now);
+    // A channel's offsets start above every offset any earlier channel used, plus one: a
+    // channel that was dropped and comes back under the same id neither reuses an offset of
+    // its earlier life nor continues right after it, so a client resuming into the new one
+    // is always told of the gap instead of being handed different messages.
+    const ch = new Channel(id, now, this.counters.published + this.created++);
     this.channels.set(id, ch);
     this.live.set(id, ch);
     return ch;

@@ -16,7 +16,12 @@ export type ParsedFrames =
  * Turns frames[start..] (channel, command, task id, task state) into a message; `start`
  * skips the routing id. Frames past the task state are ignored, as the original does.
  */
-export function parseFrames(frames: readonly Uint8Array[], start: number, maxChannelLength: number): ParsedFrames {
+export function parseFrames(
+  frames: readonly Uint8Array[],
+  start: number,
+  maxChannelLength: number,
+  maxMessageLength = Number.MAX_SAFE_INTEGER,
+): ParsedFrames {
   if (frames.length <= start) return { kind: "invalid", reason: "empty message (no channel frame)" };
   const rawChannel = frames[start];
   if (rawChannel.length === 0) return { kind: "invalid", reason: "empty channel id" };
@@ -36,7 +41,13 @@ export function parseFrames(frames: readonly Uint8Array[], start: number, maxCha
   }
   const command = values[0];
   if (channel === "0" && command === "exit") return { kind: "exit" };
-  return { kind: "message", channel, command, json: encodeMessage(values) };
+  const json = encodeMessage(values);
+  // A message larger than a channel's whole history allowance would push every other
+  // channel out of memory on its own; no ReCodEx message comes near it.
+  if (json.length > maxMessageLength) {
+    return { kind: "invalid", reason: `message of ${json.length} bytes as JSON (limit ${maxMessageLength})`, channel };
+  }
+  return { kind: "message", channel, command, json };
 }
 
 function decode(bytes: Uint8Array): string | null {

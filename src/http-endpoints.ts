@@ -89,6 +89,8 @@ export class HttpEndpoints {
     counter("recodex_monitor_bytes_out_total", "Bytes of messages written to WebSocket clients", () => g.sentBytes);
     counter("recodex_monitor_late_messages_total", "Messages after FINISHED, not delivered", () => s.late);
     counter("recodex_monitor_malformed_zeromq_messages_total", "ZeroMQ messages skipped as malformed", () => m.counters.malformed);
+    counter("recodex_monitor_connections_total", "WebSocket connections accepted", () => g.accepted);
+    counter("recodex_monitor_ignored_client_messages_total", "Client messages after the channel id, ignored", () => g.ignoredMessages);
     counter("recodex_monitor_subscriptions_total", "Channel subscriptions (first messages accepted)", () => g.subscriptions);
     counter("recodex_monitor_replays_total", "History replays started", () => s.replays);
     counter("recodex_monitor_replayed_messages_total", "Messages sent from history", () => s.replayedMessages);

@@ -34,9 +34,8 @@ export class Monitor {
     this.store = new ChannelStore(config.retention, {
       dropped: (ch, cause) => {
         if (cause === "shutdown") return;
-        const subs = ch.subscribers.size;
-        const what = cause === "finished" ? "finished_ttl passed" : cause === "idle" ? `no message for ${config.retention.idle_ttl} s` : "evicted at a retention cap";
-        const line = `channel ${ch.id} dropped (${what}; ${ch.nextOffset} messages${ch.finishedAt === 0 ? ", never FINISHED" : ""})`;
+        const what = cause === "finished" ? "finished_ttl passed" : cause === "idle" ? `no message for ${this.config.retention.idle_ttl} s` : "evicted at a retention cap";
+        const line = `channel ${ch.id} dropped (${what}; ${ch.nextOffset - ch.baseOffset} messages${ch.finishedAt === 0 ? ", never FINISHED" : ""})`;
         if (cause === "evicted") this.warnLimiter.warn(log, "evicted", line);
         else log.info(line);
       },
@@ -46,7 +45,9 @@ export class Monitor {
           "truncated",
           `channel ${ch.id} reached a history cap (retention.max_messages_per_channel or max_bytes_per_channel): its oldest messages are no longer replayed to new subscribers`,
         ),
-      late: (ch, command) => log.debug(`channel ${ch.id}: ${command} after FINISHED not delivered`),
+      late: (ch, command) => {
+        if (log.debugEnabled) log.debug(`channel ${ch.id}: ${command} after FINISHED not delivered`);
+      },
     });
     this.broker = new BrokerLink(
       {
@@ -67,6 +68,7 @@ export class Monitor {
         peer: (event, address) => log.info(`ZeroMQ peer ${event} (${address})`),
       },
       config.limits.max_channel_id_length,
+      config.retention.max_bytes_per_channel,
     );
     this.gateway = new BrowserGateway(this.store, config, log, loadTls(config));
   }
@@ -108,6 +110,7 @@ export class Monitor {
       this.state = "draining";
       this.log.info(`stopping: ${reason}`);
       if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
+      this.sweepTimer = null;
       this.broker.close();
       this.store.clear(CLOSE.SHUTDOWN);
       await this.gateway.close(CLOSE.SHUTDOWN, this.config.limits.drain_timeout * 1000);
@@ -142,6 +145,8 @@ export class Monitor {
     needsRestart("websocket_uri", prev.websocket_uri, next.websocket_uri);
     needsRestart("zeromq_uri", prev.zeromq_uri, next.zeromq_uri);
     needsRestart("logger.file", prev.logger.file, next.logger.file);
+    needsRestart("logger.max-size", prev.logger["max-size"], next.logger["max-size"]);
+    needsRestart("logger.rotations", prev.logger.rotations, next.logger.rotations);
     needsRestart("websocket.permessage_deflate", prev.websocket.permessage_deflate, next.websocket.permessage_deflate);
     needsRestart("websocket.resumable", prev.websocket.resumable, next.websocket.resumable);
     needsRestart("http", prev.http, next.http);
@@ -153,7 +158,7 @@ export class Monitor {
       ...next,
       websocket_uri: prev.websocket_uri,
       zeromq_uri: prev.zeromq_uri,
-      logger: { ...next.logger, file: prev.logger.file },
+      logger: { ...next.logger, file: prev.logger.file, "max-size": prev.logger["max-size"], rotations: prev.logger.rotations },
       websocket: {
         ...next.websocket,
         permessage_deflate: prev.websocket.permessage_deflate,
@@ -169,7 +174,7 @@ export class Monitor {
     }
     this.config = merged;
     this.store.setLimits(merged.retention);
-    this.broker.setMaxChannelLength(merged.limits.max_channel_id_length);
+    this.broker.setLimits(merged.limits.max_channel_id_length, merged.retention.max_bytes_per_channel);
     this.gateway.setSettings(merged);
     if (this.sweepTimer !== null) this.startSweep();
     for (const key of fixed) changes.push(`${key} changed but needs a restart: kept the running value`);

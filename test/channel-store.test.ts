@@ -362,3 +362,33 @@ test("sweepInterval is a tenth of the shortest ttl, between 20 ms and 1 s", () =
   assert.equal(setup({ finished_ttl: 0.01 }).store.sweepInterval(), 20);
   assert.equal(setup().store.sweepInterval(), 1000);
 });
+
+test("resuming into a channel that was dropped and came back reports a gap, even when the new one has more messages than the client saw", () => {
+  const clock = new Clock();
+  const store = new ChannelStore({ ...LIMITS, idle_ttl: 10 }, {}, clock.now);
+  for (let i = 0; i < 5; i++) store.publish("x", "TASK", `{"command": "OLD${i}"}`);
+  const old = new Sub();
+  store.subscribe("x", old);
+  const seen = old.offsets.at(-1)!;
+  clock.advance(11);
+  store.sweep();
+  assert.equal(old.code(), 4000);
+  for (let i = 0; i < 10; i++) store.publish("x", "TASK", `{"command": "NEW${i}"}`);
+  const resumed = new Sub();
+  store.subscribe("x", resumed, seen);
+  assert.equal(resumed.gaps.length, 1, "the client is told that what it had is gone");
+  assert.equal(resumed.got.length, 10, "and then gets the whole new history");
+  assert.ok(resumed.offsets.every((o) => o > seen + 1), "no new offset can be mistaken for an old one");
+});
+
+test("a client that was fully caught up on a dropped channel is told of the gap when it resumes into the empty new one", () => {
+  const clock = new Clock();
+  const store = new ChannelStore({ ...LIMITS, finished_ttl: 1 }, {}, clock.now);
+  store.publish("y", "DOWNLOADED", '{"command": "DOWNLOADED"}');
+  store.publish("y", "FINISHED", '{"command": "FINISHED"}');
+  clock.advance(2);
+  store.sweep();
+  const resumed = new Sub();
+  store.subscribe("y", resumed, 1);
+  assert.equal(resumed.gaps.length, 1);
+});

@@ -155,3 +155,12 @@ test("encodeMessage and pythonJsonString agree with Python for mixed text", () =
   assert.equal(pythonJsonString("plain text"), '"plain text"');
   assert.equal(pythonJsonString("ž\"😀"), '"\\u017e\\"\\ud83d\\ude00"');
 });
+
+test("a message whose JSON is larger than the limit is refused, one at the limit passes", () => {
+  const exact = encodeMessage(["TASK", "t", "x".repeat(50)]).length;
+  const frames = [ROUTING, b("job"), b("TASK"), b("t"), b("x".repeat(50))];
+  assert.equal(parseFrames(frames, 1, 256, exact).kind, "message");
+  const refused = parseFrames(frames, 1, 256, exact - 1);
+  assert.equal(refused.kind, "invalid");
+  if (refused.kind === "invalid") assert.match(refused.reason, /bytes as JSON \(limit/);
+});

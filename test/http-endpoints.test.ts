@@ -342,3 +342,15 @@ for (const [what, bad, expect] of [
     assert.equal(m.child.exitCode, null);
   });
 }
+
+test("SIGHUP applies a new limits.max_client_message to new connections", async (t) => {
+  const m = await monitor(t, { extraYaml: "limits:\n  max_client_message: 1024\n  max_channel_id_length: 65536\n" });
+  const before = await Browser.open(m.wsPort, "x".repeat(2000));
+  assert.equal((await before.waitClose()).code, 1009);
+  editConfig(m, (text) => text.replace("max_client_message: 1024", "max_client_message: 4096"));
+  assert.match(await reload(m), /limits\.max_client_message: 1024 -> 4096/);
+  const after = await Browser.open(m.wsPort, "x".repeat(2000));
+  t.after(() => after.close());
+  await m.waitFor(/subscribed to channel x{2000}/);
+  assert.equal(after.closed, null);
+});

@@ -331,3 +331,38 @@ describe("the command line", () => {
     }
   });
 });
+
+test("SIGTERM is not held up by a refused upgrade whose peer never closes its side", async () => {
+  const m = await startMonitor({ extraYaml: 'access:\n  allowed_origins: ["https://recodex.example"]\n' });
+  const { connect } = await import("node:net");
+  const socket = connect(m.wsPort, "127.0.0.1");
+  socket.on("error", () => {});
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+  socket.write(
+    "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://evil.example\r\n\r\n",
+  );
+  await m.waitFor(/refused WebSocket upgrade/);
+  // The socket is left open on our side: the monitor must not wait for it.
+  const started = Date.now();
+  const code = await m.stop("SIGTERM");
+  socket.destroy();
+  assert.equal(code, 0);
+  assert.ok(Date.now() - started < 7000, `stopped in ${Date.now() - started} ms`);
+});
+
+test("a ZeroMQ message larger than retention.max_bytes_per_channel is skipped and evicts nothing", async () => {
+  const m = await startMonitor({ extraYaml: "retention:\n  max_bytes_per_channel: 2048\n  max_total_bytes: 4096\nlimits:\n  max_buffered_bytes: 65536\n" });
+  const broker = await Broker.connect(m.zmqPort);
+  try {
+    await broker.send("small", "DOWNLOADED");
+    await broker.send("huge", "TASK", "t", "x".repeat(5000));
+    await m.waitFor(/ZeroMQ message skipped: message of \d+ bytes as JSON/);
+    const late = await Browser.open(m.wsPort, "small");
+    assert.deepEqual(await late.waitMessages(1), ['{"command": "DOWNLOADED"}'], "the other channel is still there");
+    late.close();
+  } finally {
+    broker.close();
+    await m.stop();
+  }
+});
