@@ -284,7 +284,7 @@ export class BrowserGateway {
     if (client.timer !== null) clearTimeout(client.timer);
     client.timer = null;
     client.done = true;
-    if (client.channel !== null) this.store.unsubscribe(client.channel, client);
+    this.unsubscribe(client);
     this.clients.delete(client);
     const n = (this.perIp.get(client.ip) ?? 1) - 1;
     if (n <= 0) this.perIp.delete(client.ip);
@@ -328,11 +328,14 @@ export class BrowserGateway {
       client.drop(CLOSE.SLOW_CLIENT);
       return;
     }
-    const socket = (ws as unknown as { _socket?: Socket })._socket;
+    const socket = rawSocket(ws);
     if (socket === undefined) return;
     socket.cork();
-    if (client.raw) {
-      for (let i = 0; i < frames.length; i++) socket.write(this.textFrame(frames[i]));
+    if (client.resumable && client.raw) {
+      // Each resumable client's frames carry its own offsets: nothing to share, nothing to cache.
+      for (let i = 0; i < frames.length; i++) socket.write(textFrame(frames[i]));
+    } else if (client.raw) {
+      for (let i = 0; i < frames.length; i++) socket.write(this.sharedFrame(frames[i]));
     } else {
       for (let i = 0; i < frames.length; i++) ws.send(frames[i], SEND_TEXT);
     }
@@ -341,26 +344,13 @@ export class BrowserGateway {
     this.counters.sentBytes += bytes;
   }
 
-  /** The WebSocket frame (unmasked, final, text) for a payload, built once per turn. */
-  private textFrame(payload: string): Buffer {
-    const cached = this.frames.get(payload);
-    if (cached !== undefined) return cached;
-    const n = payload.length;
-    const header = n < 126 ? 2 : n < 65536 ? 4 : 10;
-    const frame = Buffer.allocUnsafe(header + n);
-    frame[0] = 0x81;
-    if (header === 2) {
-      frame[1] = n;
-    } else if (header === 4) {
-      frame[1] = 126;
-      frame.writeUInt16BE(n, 2);
-    } else {
-      frame[1] = 127;
-      frame.writeUInt32BE(0, 2);
-      frame.writeUInt32BE(n, 6);
+  /** The frame for a payload that many subscribers share, built once per turn. */
+  private sharedFrame(payload: string): Buffer {
+    let frame = this.frames.get(payload);
+    if (frame === undefined) {
+      frame = textFrame(payload);
+      this.frames.set(payload, frame);
     }
-    frame.write(payload, header, "latin1");
-    this.frames.set(payload, frame);
     return frame;
   }
 
@@ -413,6 +403,31 @@ const REFUSALS: Readonly<Record<Refusal, readonly [string, string]>> = Object.fr
   rate: ["429 Too Many Requests", "too many new connections from this address (access.upgrades_per_second_per_ip)"],
   draining: ["503 Service Unavailable", "monitor shutting down"],
 });
+
+/** An unmasked, final text frame: the payload is ASCII, so its characters are its bytes. */
+function textFrame(payload: string): Buffer {
+  const n = payload.length;
+  const header = n < 126 ? 2 : n < 65536 ? 4 : 10;
+  const frame = Buffer.allocUnsafe(header + n);
+  frame[0] = 0x81;
+  if (header === 2) {
+    frame[1] = n;
+  } else if (header === 4) {
+    frame[1] = 126;
+    frame.writeUInt16BE(n, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeUInt32BE(0, 2);
+    frame.writeUInt32BE(n, 6);
+  }
+  frame.write(payload, header, "latin1");
+  return frame;
+}
+
+/** The TCP socket under a ws connection (ws keeps it in a private field). */
+function rawSocket(ws: WebSocket): Socket | undefined {
+  return (ws as unknown as { _socket?: Socket })._socket;
+}
 
 function createTlsServer(tls: TlsFiles, onRequest: (req: IncomingMessage, res: ServerResponse) => void): HttpsServer {
   try {
@@ -471,13 +486,13 @@ class Client implements Subscriber {
   }
 
   gap(firstOffset: number): void {
-    if (this.resumable) this.queue(`{"gap": {"first_offset": ${firstOffset}}}`);
+    if (this.resumable && !this.done) this.queue(`{"gap": {"first_offset": ${firstOffset}}}`);
   }
 
   end(close: CloseReason): void {
     if (this.done) return;
     // The last messages and the close frame leave in one write.
-    const socket = (this.ws as unknown as { _socket?: Socket })._socket;
+    const socket = rawSocket(this.ws);
     socket?.cork();
     this.flush();
     this.done = true;

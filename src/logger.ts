@@ -126,3 +126,51 @@ function openRotating(options: LoggerOptions): RotatingFileStream {
   stream.on("error", (err) => process.stderr.write(`recodex-monitor: log file ${file}: ${err.message}\n`));
   return stream;
 }
+
+/**
+ * Repeated warnings of one kind (a flood of malformed frames) are logged at most `limit`
+ * times a window; how many were held back is logged when the window closes, by the next
+ * warning of that kind or by flush(), which the monitor calls on its sweep tick.
+ */
+export class WarnLimiter {
+  private readonly windows = new Map<string, { start: number; count: number; suppressed: number }>();
+  private readonly log: Pick<Log, "warning">;
+  private readonly windowMs: number;
+  private readonly limit: number;
+  private readonly now: () => number;
+
+  constructor(log: Pick<Log, "warning">, windowMs = 60_000, limit = 20, now: () => number = () => performance.now()) {
+    this.log = log;
+    this.windowMs = windowMs;
+    this.limit = limit;
+    this.now = now;
+  }
+
+  warn(kind: string, line: string): void {
+    const now = this.now();
+    let w = this.windows.get(kind);
+    if (w !== undefined && now - w.start >= this.windowMs) {
+      this.close(kind, w);
+      w = undefined;
+    }
+    if (w === undefined) {
+      w = { start: now, count: 0, suppressed: 0 };
+      this.windows.set(kind, w);
+    }
+    if (++w.count <= this.limit) this.log.warning(line);
+    else w.suppressed++;
+  }
+
+  /** Closes the windows that have run out. */
+  flush(): void {
+    const now = this.now();
+    for (const [kind, w] of this.windows) {
+      if (now - w.start >= this.windowMs) this.close(kind, w);
+    }
+  }
+
+  private close(kind: string, w: { suppressed: number }): void {
+    this.windows.delete(kind);
+    if (w.suppressed > 0) this.log.warning(`${w.suppressed} more "${kind}" warnings suppressed in the last ${this.windowMs / 1000} s`);
+  }
+}

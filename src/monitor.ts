@@ -7,7 +7,7 @@ import { ChannelStore } from "./channel-store.ts";
 import type { Config } from "./config.ts";
 import { CLOSE, MonitorError } from "./errors.ts";
 import type { HttpEndpoints } from "./http-endpoints.ts";
-import type { Log } from "./logger.ts";
+import { WarnLimiter, type Log } from "./logger.ts";
 
 export type MonitorState = "starting" | "ready" | "draining" | "stopped";
 
@@ -22,7 +22,7 @@ export class Monitor {
   readonly counters = { malformed: 0 };
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
   private stopping: Promise<void> | null = null;
-  private readonly warnLimiter = new WarnLimiter();
+  private readonly warnLimiter: WarnLimiter;
   /** Resolves with the reason once the monitor has stopped. */
   readonly stopped: Promise<string>;
   private resolveStopped!: (reason: string) => void;
@@ -31,18 +31,17 @@ export class Monitor {
     this.config = config;
     this.log = log;
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
+    this.warnLimiter = new WarnLimiter(log);
     this.store = new ChannelStore(config.retention, {
       dropped: (ch, cause) => {
         if (cause === "shutdown") return;
         const what = cause === "finished" ? "finished_ttl passed" : cause === "idle" ? `no message for ${this.config.retention.idle_ttl} s` : "evicted at a retention cap";
         const line = `channel ${ch.id} dropped (${what}; ${ch.nextOffset - ch.baseOffset} messages${ch.finishedAt === 0 ? ", never FINISHED" : ""})`;
-        if (cause === "evicted") this.warnLimiter.warn(log, "evicted", line);
+        if (cause === "evicted") this.warnLimiter.warn("evicted", line);
         else log.info(line);
       },
       truncated: (ch) =>
-        this.warnLimiter.warn(
-          log,
-          "truncated",
+        this.warnLimiter.warn("truncated",
           `channel ${ch.id} reached a history cap (retention.max_messages_per_channel or max_bytes_per_channel): its oldest messages are no longer replayed to new subscribers`,
         ),
       late: (ch, command) => {
@@ -56,13 +55,13 @@ export class Monitor {
         },
         invalid: (reason, channel) => {
           this.counters.malformed++;
-          this.warnLimiter.warn(log, "malformed", `ZeroMQ message skipped: ${reason}${channel !== undefined ? ` (channel ${channel.slice(0, 80)})` : ""}`);
+          this.warnLimiter.warn("malformed", `ZeroMQ message skipped: ${reason}${channel !== undefined ? ` (channel ${channel.slice(0, 80)})` : ""}`);
         },
         exit: () => {
           if (this.config.broker.allow_exit_command) {
             void this.stop("exit command received over ZeroMQ");
           } else {
-            this.warnLimiter.warn(log, "exit", "exit command received over ZeroMQ ignored (broker.allow_exit_command is false)");
+            this.warnLimiter.warn("exit", "exit command received over ZeroMQ ignored (broker.allow_exit_command is false)");
           }
         },
         peer: (event, address) => log.info(`ZeroMQ peer ${event} (${address})`),
@@ -189,7 +188,10 @@ export class Monitor {
 
   private startSweep(): void {
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
-    this.sweepTimer = setInterval(() => this.store.sweep(), this.store.sweepInterval());
+    this.sweepTimer = setInterval(() => {
+      this.store.sweep();
+      this.warnLimiter.flush();
+    }, this.store.sweepInterval());
     this.sweepTimer.unref();
   }
 }
@@ -205,21 +207,4 @@ export function loadTls(config: Config): TlsFiles | null {
     }
   };
   return { cert: read(cert, "certificate (websocket.tls_cert)"), key: read(key, "key (websocket.tls_key)") };
-}
-
-/** Repeated warnings (a flood of malformed frames) are logged at most 20 times a minute per kind. */
-class WarnLimiter {
-  private readonly windows = new Map<string, { start: number; count: number; suppressed: number }>();
-
-  warn(log: Log, kind: string, line: string): void {
-    const now = Date.now();
-    let w = this.windows.get(kind);
-    if (w === undefined || now - w.start >= 60_000) {
-      if (w !== undefined && w.suppressed > 0) log.warning(`${w.suppressed} more "${kind}" warnings suppressed in the last minute`);
-      w = { start: now, count: 0, suppressed: 0 };
-      this.windows.set(kind, w);
-    }
-    if (++w.count <= 20) log.warning(line);
-    else w.suppressed++;
-  }
 }

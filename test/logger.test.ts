@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Log } from "../src/logger.ts";
+import { Log, WarnLimiter } from "../src/logger.ts";
 import { MonitorError } from "../src/errors.ts";
 import { Broker, Browser, startMonitor, tempDir, waitUntil } from "./helpers.ts";
 
@@ -180,4 +180,21 @@ test("at warning the monitor writes no INFO lines, yet reports itself on stderr"
   } finally {
     await mon.stop();
   }
+});
+
+test("a flood of one warning kind is logged 20 times a window, then how many were held back, even when the flood stops", () => {
+  const lines: string[] = [];
+  let now = 0;
+  const limiter = new WarnLimiter({ warning: (l: string) => lines.push(l) }, 60_000, 20, () => now);
+  for (let i = 0; i < 25; i++) limiter.warn("malformed", `skipped ${i}`);
+  limiter.warn("evicted", "channel x evicted");
+  assert.equal(lines.length, 21, "20 of the flood and the other kind");
+  now = 59_999;
+  limiter.flush();
+  assert.equal(lines.length, 21, "nothing before the window ends");
+  now = 60_000;
+  limiter.flush();
+  assert.deepEqual(lines.slice(21), ['5 more "malformed" warnings suppressed in the last 60 s']);
+  limiter.warn("malformed", "skipped again");
+  assert.equal(lines.at(-1), "skipped again", "a new window starts afresh");
 });
