@@ -1,17 +1,27 @@
 // Test tools for the opt-in features (TLS, HTTP endpoints, access limits, resumable
 // streams, the self-test command). Everything runs on loopback against the real program.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { readFileSync, renameSync, writeFileSync } from "node:fs";
-import { request as httpRequest } from "node:http";
-import { request as httpsRequest } from "node:https";
 import { connect as netConnect, type Socket } from "node:net";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import type { TestContext } from "node:test";
-import { Browser, delay, MAIN, startMonitor, type MonitorProcess, type StartOptions } from "./helpers.ts";
+import {
+  Browser,
+  httpGet,
+  parseMetrics,
+  runCli as baseRunCli,
+  startMonitor,
+  waitUntil as baseWaitUntil,
+  type CliResult as BaseCliResult,
+  type MonitorProcess,
+  type StartOptions,
+} from "./helpers.ts";
 
-export const RESUME = "recodex-monitor.resume.v1";
+export { httpGet, parseMetrics, type HttpReply } from "./helpers.ts";
+
+export { RESUME_PROTOCOL as RESUME } from "../src/browser-gateway.ts";
 
 /**
  * startMonitor() that retries when a port picked by freePort() was taken in between
@@ -23,9 +33,6 @@ export async function monitor(t: TestContext, options: StartOptions = {}): Promi
     try {
       const m = await startMonitor(options);
       t.after(() => m.stop("SIGKILL"));
-      // The "ready" line is written before main.ts installs its signal handlers; a signal
-      // sent at once can still meet the default action (see signals.test.ts). Let it settle.
-      if (options.waitReady !== false) await delay(250);
       return m;
     } catch (err) {
       if (attempt >= 3 || !/exited \(4\)/.test((err as Error).message)) throw err;
@@ -85,55 +92,6 @@ export function browserFingerprint(b: Browser): string {
   return socket.getPeerCertificate().fingerprint256;
 }
 
-export interface HttpReply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
-/** A plain GET (or another method) on loopback; https with a CA when given. */
-export function httpGet(
-  port: number,
-  path: string,
-  options: { method?: string; tls?: boolean; ca?: Buffer; headers?: Record<string, string>; timeoutMs?: number } = {},
-): Promise<HttpReply> {
-  const request = options.tls ? httpsRequest : httpRequest;
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: "127.0.0.1",
-        port,
-        path,
-        method: options.method ?? "GET",
-        headers: options.headers,
-        agent: false,
-        ...(options.tls ? { ca: options.ca, rejectUnauthorized: options.ca !== undefined } : {}),
-      },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (d: string) => (body += d));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-        res.on("error", reject);
-      },
-    );
-    req.setTimeout(options.timeoutMs ?? 5000, () => req.destroy(new Error(`GET ${path} timed out`)));
-    req.on("error", reject);
-    req.end();
-  });
-}
-
-/** Prometheus text to a map "name" or 'name{label="v"}' -> value. */
-export function parseMetrics(text: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue;
-    const m = line.match(/^(\S+)\s+(\S+)$/);
-    if (m) out.set(m[1], Number(m[2]));
-  }
-  return out;
-}
-
 export async function metrics(port: number): Promise<Map<string, number>> {
   const reply = await httpGet(port, "/metrics");
   if (reply.status !== 200) throw new Error(`/metrics answered ${reply.status}: ${reply.body}`);
@@ -147,17 +105,9 @@ export function metric(all: Map<string, number>, name: string): number {
   return v;
 }
 
-/** Polls until check() is true, or fails with `what` after ms. */
-export async function waitUntil(
-  check: () => boolean | Promise<boolean>,
-  what: string | (() => string),
-  ms = 5000,
-): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${typeof what === "string" ? what : what()}`);
-    await delay(20);
-  }
+/** helpers.waitUntil with the description first, as these tests call it. */
+export function waitUntil(check: () => boolean | Promise<boolean>, what: string | (() => string), ms = 5000): Promise<void> {
+  return baseWaitUntil(check, ms, what);
 }
 
 /** How an upgrade attempt ended: open, or the HTTP status of the refusal. */
@@ -237,28 +187,15 @@ export async function rawWebSocket(port: number, path = "/"): Promise<{ socket: 
   };
 }
 
-export interface CliResult {
-  code: number | string;
-  stdout: string;
-  stderr: string;
+export interface CliResult extends BaseCliResult {
   ms: number;
 }
 
-/** Runs `node src/main.ts ARGS` to completion (killed after timeoutMs). */
-export function runCli(args: string[], timeoutMs = 20_000, env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
+/** helpers.runCli, also timed. */
+export async function runCli(args: string[], timeoutMs = 20_000, env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
   const t0 = Date.now();
-  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"], env });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-  return new Promise((resolve) =>
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? signal ?? "unknown", stdout, stderr, ms: Date.now() - t0 });
-    }),
-  );
+  const result = await baseRunCli(args, { timeoutMs, env });
+  return { ...result, ms: Date.now() - t0 };
 }
 
 /** Rewrites the monitor's config file: `edit` gets the current text and returns the new one. */

@@ -2,6 +2,8 @@
 // and real WebSocket clients, all on loopback.
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { connect, createServer, type Socket } from "node:net";
 import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
@@ -287,25 +289,71 @@ export function writeConfig(yaml: string, name = "config.yml"): string {
   return path;
 }
 
-/** A plain HTTP GET on loopback: status and body. */
-export async function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
-  const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(5000) });
-  return { status: res.status, body: await res.text() };
+export interface HttpReply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+}
+
+/** A plain GET (or another method) on loopback; https with a CA when given. */
+export function httpGet(
+  port: number,
+  path: string,
+  options: { method?: string; tls?: boolean; ca?: Buffer; headers?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<HttpReply> {
+  const request = options.tls ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port,
+        path,
+        method: options.method ?? "GET",
+        headers: options.headers,
+        agent: false,
+        ...(options.tls ? { ca: options.ca, rejectUnauthorized: options.ca !== undefined } : {}),
+      },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (body += d));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        res.on("error", reject);
+      },
+    );
+    req.setTimeout(options.timeoutMs ?? 5000, () => req.destroy(new Error(`GET ${path} timed out`)));
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+/** Prometheus text to a map "name" or 'name{label="v"}' -> value. */
+export function parseMetrics(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const m = line.match(/^(\S+)\s+(\S+)$/);
+    if (m) out.set(m[1], Number(m[2]));
+  }
+  return out;
 }
 
 /** The value of a Prometheus gauge or counter (without labels) from /metrics. */
 export async function metric(port: number, name: string): Promise<number> {
-  const { body } = await httpGet(port, "/metrics");
-  const line = body.split("\n").find((l) => l.startsWith(name + " "));
-  if (line === undefined) throw new Error(`metric ${name} not found`);
-  return Number(line.slice(name.length + 1));
+  const value = parseMetrics((await httpGet(port, "/metrics")).body).get(name);
+  if (value === undefined) throw new Error(`metric ${name} not found`);
+  return value;
 }
 
-/** Polls `check` until it returns true, or fails after `ms`. */
-export async function waitUntil(check: () => boolean | Promise<boolean>, ms = 5000, what = "condition"): Promise<void> {
+/** Polls `check` until it returns true, or fails after `ms` saying what it waited for. */
+export async function waitUntil(
+  check: () => boolean | Promise<boolean>,
+  ms = 5000,
+  what: string | (() => string) = "condition",
+): Promise<void> {
   const deadline = Date.now() + ms;
   while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${typeof what === "string" ? what : what()}`);
     await delay(20);
   }
 }
