@@ -99,6 +99,19 @@ export class BrokerLink {
     }
   }
 
+  /**
+   * Lets the receive loop take every message the socket has already received (libzmq holds
+   * them until read, and a close would throw them away), then closes it. Messages the broker
+   * sends after that are the broker's to lose; it reconnects to the next process by itself.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while (!this.closed && this.socket.readable && performance.now() < deadline) {
+      await new Promise((r) => setImmediate(r));
+    }
+    this.close();
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;

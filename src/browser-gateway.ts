@@ -11,7 +11,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { WebSocketServer, type WebSocket } from "ws";
 import { Admission, refusalResponse, refusalText } from "./admission.ts";
-import type { ChannelStore, CloseReason } from "./channel-store.ts";
+import type { ChannelStore, CloseReason } from "./store-backend.ts";
 import { Client, WriteQueue } from "./client.ts";
 import type { Address, Config } from "./config.ts";
 import { CLOSE } from "./errors.ts";

@@ -1,34 +1,54 @@
-// Channels: the history of each job's messages, its subscribers, and retention. Knows
-// nothing about sockets: a subscriber is anything with send/end. Memory is bounded by
-// per-channel and global caps; every way a channel can leave is counted and reported.
-import type { Config } from "./config.ts";
+// The memory store: the history of each job's messages, its subscribers, and retention, in
+// this process. Knows nothing about sockets: a subscriber is anything with send/gap/end.
+// Memory is bounded by per-channel and global caps; every way a channel can leave is
+// counted and reported. With store.state_file its channels outlive a graceful restart
+// (state-file.ts writes and reads them; snapshot() and restore() are the store's side).
 import { CLOSE } from "./errors.ts";
+import {
+  FINISHED_COMMAND,
+  newCounters,
+  sweepIntervalFor,
+  type ChannelInfo,
+  type ChannelStore as Store,
+  type CloseReason,
+  type DropCause,
+  type RetentionLimits,
+  type StoreHealth,
+  type StoreHooks,
+  type StoreSettings,
+  type Subscriber,
+} from "./store-backend.ts";
 
-export interface CloseReason {
-  readonly code: number;
-  readonly reason: string;
+export {
+  FINISHED_COMMAND,
+  type ChannelInfo,
+  type CloseReason,
+  type DropCause,
+  type RetentionLimits,
+  type StoreHooks,
+  type Subscriber,
+} from "./store-backend.ts";
+
+/** What a state file keeps of one channel; times are ages in milliseconds when saved. */
+export interface SavedChannel {
+  readonly id: string;
+  readonly baseOffset: number;
+  readonly firstOffset: number;
+  readonly nextOffset: number;
+  readonly idleMs: number;
+  /** How long ago it FINISHED; -1: not finished. */
+  readonly finishedMs: number;
+  readonly truncated: boolean;
+  readonly history: readonly string[];
 }
 
-export interface Subscriber {
-  /** A message for this channel, with its offset in the channel (0-based). */
-  send(json: string, offset: number): void;
-  /** The history asked for by a resume starts later than asked (or was lost): first kept offset. */
-  gap(firstOffset: number): void;
-  /** The store has let go of this subscriber (job finished, channel expired or evicted, shutdown). */
-  end(close: CloseReason): void;
+export interface Snapshot {
+  /** The base the next new channel would have taken (see create). */
+  readonly nextBase: number;
+  readonly channels: SavedChannel[];
 }
 
-export type RetentionLimits = Config["retention"];
-
-export type DropCause = "finished" | "idle" | "evicted" | "shutdown";
-
-export interface StoreHooks {
-  dropped?(channel: Channel, cause: DropCause): void;
-  truncated?(channel: Channel): void;
-  late?(channel: Channel, command: string): void;
-}
-
-export class Channel {
+export class Channel implements ChannelInfo {
   readonly id: string;
   readonly subscribers = new Set<Subscriber>();
   /** Kept messages are history[head..]; older ones were dropped at a cap. */
@@ -61,40 +81,82 @@ export class Channel {
   }
 }
 
-export const FINISHED_COMMAND = "FINISHED";
+export interface MemoryStoreOptions {
+  /** Offsets of new channels start at or above it (see store-backend.ts clockFloor). */
+  offsetFloor?: number;
+  /** Where open() restores from and close() saves to. */
+  persistence?: Persistence;
+}
 
-export class ChannelStore {
+/** The state file, as the store sees it. */
+export interface Persistence {
+  load(limits: RetentionLimits): Promise<Snapshot | null>;
+  save(snapshot: Snapshot, deadlineMs: number): Promise<void>;
+}
+
+export class ChannelStore implements Store {
+  readonly kind = "memory";
   private readonly channels = new Map<string, Channel>();
+  /** Channels that only browsers have asked for: their subscribers, waiting for a first message. */
+  private readonly waiting = new Map<string, { readonly since: number; readonly subs: Set<Subscriber> }>();
   /** Unfinished channels, least recently active first (a Map keeps insertion order). */
   private readonly live = new Map<string, Channel>();
   /** Finished channels in the order they finished. */
   private readonly finished = new Map<string, Channel>();
   private limits: RetentionLimits;
+  private maxWaiting: number;
   private readonly hooks: StoreHooks;
   private readonly now: () => number;
+  private readonly persistence: Persistence | null;
 
-  private created = 0;
+  /**
+   * The base of the next new channel: above every offset used so far, plus one (it grows
+   * with every channel created and every message published).
+   */
+  private nextBase: number;
   totalBytes = 0;
   totalMessages = 0;
-  readonly counters = {
-    published: 0,
-    late: 0,
-    replays: 0,
-    replayedMessages: 0,
-    expired: 0,
-    evicted: 0,
-    finishedDropped: 0,
-    truncatedMessages: 0,
-  };
+  readonly pending = 0;
+  readonly counters = newCounters();
 
-  constructor(limits: RetentionLimits, hooks: StoreHooks = {}, now: () => number = () => performance.now()) {
+  constructor(
+    limits: RetentionLimits,
+    hooks: StoreHooks = {},
+    now: () => number = () => performance.now(),
+    options: MemoryStoreOptions = {},
+    maxWaiting = Number.MAX_SAFE_INTEGER,
+  ) {
     this.limits = { ...limits };
     this.hooks = hooks;
     this.now = now;
+    this.nextBase = options.offsetFloor ?? 0;
+    this.persistence = options.persistence ?? null;
+    this.maxWaiting = maxWaiting;
   }
 
   get size(): number {
     return this.channels.size;
+  }
+
+  get waitingChannels(): number {
+    return this.waiting.size;
+  }
+
+  health(): StoreHealth {
+    return { up: true, detail: "memory" };
+  }
+
+  /** Restores the state file, if there is one and it is sound; the rest of the start waits for it. */
+  async open(): Promise<void> {
+    const snapshot = await this.persistence?.load(this.limits);
+    if (snapshot) this.restore(snapshot);
+  }
+
+  /** Ends every subscriber, then saves what is kept (shutdown). */
+  async close(close: CloseReason, deadlineMs: number): Promise<void> {
+    const snapshot = this.persistence === null ? null : this.snapshot();
+    this.clear(close);
+    if (snapshot !== null) await this.persistence!.save(snapshot, deadlineMs);
   }
 
   get(id: string): Channel | undefined {
@@ -102,15 +164,14 @@ export class ChannelStore {
   }
 
   /** New limits apply from the next message or sweep; nothing already kept is lost at once. */
-  setLimits(limits: RetentionLimits): void {
+  setLimits(limits: RetentionLimits, store?: StoreSettings): void {
     this.limits = { ...limits };
+    if (store !== undefined) this.maxWaiting = store.max_waiting_channels;
     this.enforceTotal(null);
   }
 
-  /** How often sweep() should run so that expiry is on time within a tenth of a TTL. */
   sweepInterval(): number {
-    const shortest = Math.min(this.limits.finished_ttl, this.limits.idle_ttl) * 1000;
-    return Math.min(1000, Math.max(20, shortest / 10));
+    return sweepIntervalFor(this.limits);
   }
 
   publish(id: string, command: string, json: string): void {
@@ -118,6 +179,11 @@ export class ChannelStore {
     let ch = this.channels.get(id);
     if (ch === undefined) {
       ch = this.create(id, now);
+      const waiting = this.waiting.get(id);
+      if (waiting !== undefined) {
+        this.waiting.delete(id);
+        for (const sub of waiting.subs) ch.subscribers.add(sub);
+      }
     } else if (ch.finishedAt !== 0) {
       this.counters.late++;
       this.hooks.late?.(ch, command);
@@ -135,6 +201,7 @@ export class ChannelStore {
     }
 
     const offset = ch.nextOffset++;
+    this.nextBase++;
     ch.history.push(json);
     ch.bytes += json.length;
     this.totalBytes += json.length;
@@ -156,14 +223,12 @@ export class ChannelStore {
     if (this.totalBytes > this.limits.max_total_bytes) this.enforceTotal(ch);
   }
 
-  /**
-   * Replays the kept history to the subscriber, then keeps it for live messages; a
-   * finished channel ends it right after the replay. `after` (resumable clients) skips
-   * what the client already has: offsets up to and including it.
-   */
   subscribe(id: string, sub: Subscriber, after = -1): void {
-    let ch = this.channels.get(id);
-    if (ch === undefined) ch = this.create(id, this.now());
+    const ch = this.channels.get(id);
+    if (ch === undefined) {
+      this.wait(id, sub, after);
+      return;
+    }
     this.counters.replays++;
     let from = ch.firstOffset;
     if (after >= 0) {
@@ -186,14 +251,37 @@ export class ChannelStore {
   }
 
   unsubscribe(id: string, sub: Subscriber): void {
-    const ch = this.channels.get(id);
-    if (ch === undefined || !ch.subscribers.delete(sub)) return;
-    // A channel that only a departed subscriber created (the job has not sent anything
-    // yet, or never will) is forgotten at once rather than at idle_ttl.
-    if (ch.subscribers.size === 0 && ch.nextOffset === ch.baseOffset) {
-      this.channels.delete(id);
-      this.live.delete(id);
+    const waiting = this.waiting.get(id);
+    if (waiting !== undefined) {
+      // A channel that only browsers asked for is forgotten with its last subscriber.
+      if (waiting.subs.delete(sub) && waiting.subs.size === 0) this.waiting.delete(id);
+      return;
     }
+    this.channels.get(id)?.subscribers.delete(sub);
+  }
+
+  /**
+   * A subscription to a channel no broker has written to (yet, or ever). It waits apart
+   * from the kept channels, so that browsers asking for made-up ids can neither fill
+   * retention.max_channels nor push a broker's channel out; it has its own cap.
+   */
+  private wait(id: string, sub: Subscriber, after: number): void {
+    let waiting = this.waiting.get(id);
+    if (waiting === undefined) {
+      if (this.waiting.size >= this.maxWaiting) {
+        this.counters.waitingRefused++;
+        this.hooks.waitingRefused?.(id);
+        sub.end(CLOSE.EVICTED);
+        return;
+      }
+      waiting = { since: this.now(), subs: new Set() };
+      this.waiting.set(id, waiting);
+    }
+    this.counters.replays++;
+    // Nothing is kept: whatever the client had is from a life of the channel that is gone.
+    // The channel's first message will have an offset at or above nextBase.
+    if (after >= 0) sub.gap(this.nextBase);
+    waiting.subs.add(sub);
   }
 
   /** Drops finished channels past finished_ttl and channels idle past idle_ttl. */
@@ -210,11 +298,80 @@ export class ChannelStore {
       this.counters.expired++;
       this.drop(ch, "idle", CLOSE.EXPIRED);
     }
+    // A browser that waits idle_ttl for a job that never sends anything is let go as well.
+    for (const [id, waiting] of this.waiting) {
+      if (waiting.since > idleBefore) break;
+      this.waiting.delete(id);
+      this.counters.expired++;
+      for (const sub of waiting.subs) sub.end(CLOSE.EXPIRED);
+    }
   }
 
   /** Ends every subscriber and forgets every channel (shutdown). */
   clear(close: CloseReason): void {
     for (const ch of [...this.channels.values()]) this.drop(ch, "shutdown", close);
+    const waiting = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const { subs } of waiting) for (const sub of subs) sub.end(close);
+  }
+
+  /** Every kept channel, as a state file keeps it. */
+  snapshot(): Snapshot {
+    const now = this.now();
+    const channels: SavedChannel[] = [];
+    for (const ch of this.channels.values()) {
+      channels.push({
+        id: ch.id,
+        baseOffset: ch.baseOffset,
+        firstOffset: ch.firstOffset,
+        nextOffset: ch.nextOffset,
+        idleMs: Math.max(0, now - ch.lastActivity),
+        finishedMs: ch.finishedAt === 0 ? -1 : Math.max(0, now - ch.finishedAt),
+        truncated: ch.truncated,
+        history: ch.history.slice(ch.head),
+      });
+    }
+    return { nextBase: this.nextBase, channels };
+  }
+
+  /**
+   * Takes the channels of a snapshot (ages already include the time the monitor was down),
+   * least recently active first, within the retention caps; those whose TTL ran out are
+   * not taken. Offsets continue where they were.
+   */
+  restore(snapshot: Snapshot): { restored: number; dropped: number } {
+    const now = this.now();
+    let dropped = 0;
+    this.nextBase = Math.max(this.nextBase, snapshot.nextBase);
+    // Least recently active first, and no more than max_channels of the most recent ones.
+    const order = [...snapshot.channels].sort((a, b) => b.idleMs - a.idleMs).slice(-this.limits.max_channels);
+    dropped += snapshot.channels.length - order.length;
+    for (const saved of order) {
+      const finished = saved.finishedMs >= 0;
+      if (finished ? saved.finishedMs >= this.limits.finished_ttl * 1000 : saved.idleMs >= this.limits.idle_ttl * 1000) {
+        dropped++;
+        continue;
+      }
+      const ch = new Channel(saved.id, now - saved.idleMs, saved.baseOffset);
+      ch.firstOffset = saved.firstOffset;
+      ch.nextOffset = saved.nextOffset;
+      ch.history = [...saved.history];
+      ch.truncated = saved.truncated;
+      for (const json of ch.history) ch.bytes += json.length;
+      this.totalBytes += ch.bytes;
+      this.totalMessages += ch.kept;
+      this.nextBase = Math.max(this.nextBase, ch.nextOffset + 1);
+      this.channels.set(ch.id, ch);
+      if (finished) {
+        ch.finishedAt = now - saved.finishedMs;
+        this.finished.set(ch.id, ch);
+      } else {
+        this.live.set(ch.id, ch);
+      }
+      if (ch.kept > this.limits.max_messages_per_channel || ch.bytes > this.limits.max_bytes_per_channel) this.trim(ch);
+      if (this.totalBytes > this.limits.max_total_bytes) this.enforceTotal(ch);
+    }
+    return { restored: this.channels.size, dropped };
   }
 
   private create(id: string, now: number): Channel {
@@ -225,7 +382,7 @@ export class ChannelStore {
     // channel that was dropped and comes back under the same id neither reuses an offset of
     // its earlier life nor continues right after it, so a client resuming into the new one
     // is always told of the gap instead of being handed different messages.
-    const ch = new Channel(id, now, this.counters.published + this.created++);
+    const ch = new Channel(id, now, this.nextBase++);
     this.channels.set(id, ch);
     this.live.set(id, ch);
     return ch;

@@ -74,6 +74,19 @@ const address: Check<Address> = (v) => {
   return { ok: true, value: [host, port] };
 };
 
+const redisUrl: Check<string> = (v) => {
+  const expected = "a redis:// or rediss:// URL (redis://[user:password@]host:port/db)";
+  if (typeof v !== "string") return { ok: false, expected };
+  try {
+    const url = new URL(v);
+    const db = url.pathname.replace(/^\//, "");
+    if ((url.protocol !== "redis:" && url.protocol !== "rediss:") || url.hostname === "" || !/^\d*$/.test(db)) return { ok: false, expected };
+  } catch {
+    return { ok: false, expected };
+  }
+  return { ok: true, value: v };
+};
+
 const MiB = 1024 * 1024;
 const LIVE = "live";
 const RESTART = "restart";
@@ -125,6 +138,24 @@ export const DECLARATION = Object.freeze({
   http: {
     enabled: new Key(false, boolean, RESTART, "serve `/livez`, `/readyz`, `/metrics`"),
     uri: new Key<Address | null>(null, nullable(address), RESTART, "`[host, port]` for those endpoints; unset = on the WebSocket port", "unset"),
+  },
+  store: {
+    kind: new Key<"memory" | "redis">("memory", oneOf(["memory", "redis"] as const), RESTART,
+      "`memory`: channels live in this process; `redis`: in Redis, shared by every monitor that points at it (below)"),
+    state_file: new Key<string | null>(null, nullable(text), RESTART,
+      "memory store: a graceful stop writes every kept channel here, the next start restores it (packaged: `/var/lib/recodex-monitor/channels.state`)",
+      "unset"),
+    max_waiting_channels: new Key(10_000, integer(1), LIVE,
+      "channels that only browsers have asked for (no broker message yet); they count against no `retention.*` cap and vanish with their subscribers; past it, a subscription to one more is closed with 4001"),
+    redis: {
+      url: new Key("redis://127.0.0.1:6379/0", redisUrl, RESTART, "`redis://[user:password@]host:port/db`, `rediss://` for TLS"),
+      key_prefix: new Key("recodex-monitor:", text, RESTART, "every key this monitor writes starts with it; monitors that share channels share the prefix"),
+      max_pending: new Key(100_000, integer(1), LIVE,
+        "messages held while Redis is unreachable or slow, written in order when it is back; past it they are dropped, counted and logged, and resumable clients told of the gap"),
+      timeout: new Key(5, seconds(0.1, 600), LIVE, "a Redis command unanswered this long marks the link down (`/readyz` 503) and the connection is made anew"),
+      feed_length: new Key(100_000, integer(1000), RESTART,
+        "messages kept in the stream every monitor reads live messages from; a monitor cut off from Redis for longer catches up channel by channel"),
+    },
   },
   access: {
     allowed_origins: new Key<readonly string[]>([], stringList, LIVE,
@@ -257,6 +288,9 @@ function checkConsistency(c: Config): void {
   if ((c.websocket.tls_cert === null) !== (c.websocket.tls_key === null)) {
     const key = c.websocket.tls_cert === null ? "websocket.tls_cert" : "websocket.tls_key";
     throw invalid(key, null, "a path: TLS needs both websocket.tls_cert and websocket.tls_key");
+  }
+  if (c.store.kind === "redis" && c.store.state_file !== null) {
+    throw invalid("store.state_file", c.store.state_file, "unset with store.kind redis (Redis keeps the channels)");
   }
   if (c.http.uri !== null && !c.http.enabled) {
     throw invalid("http.enabled", false, "true when http.uri is set");

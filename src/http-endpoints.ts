@@ -25,7 +25,10 @@ export class HttpEndpoints {
       reply(res, 200, "ok\n");
     } else if (path === "/readyz") {
       const state = this.monitor.state;
-      reply(res, state === "ready" ? 200 : 503, `${state}\n`);
+      const store = this.monitor.store;
+      const health = store.health();
+      // The memory store cannot fail; the Redis store's link is part of being ready.
+      reply(res, state === "ready" && health.up ? 200 : 503, store.kind === "memory" ? `${state}\n` : `${state}\n${health.detail}\n`);
     } else if (path === "/metrics") {
       this.registry.metrics().then(
         (text) => reply(res, 200, text, this.registry.contentType),
@@ -95,6 +98,14 @@ export class HttpEndpoints {
     counter("recodex_monitor_channels_evicted_total", "Channels evicted at a retention cap", () => s.evicted);
     counter("recodex_monitor_channels_finished_total", "Finished channels dropped after finished_ttl", () => s.finishedDropped);
     counter("recodex_monitor_truncated_messages_total", "Messages dropped from history at a per-channel cap", () => s.truncatedMessages);
+    // The channel store's backend (store.kind) and its link.
+    gauge("recodex_monitor_store_up", "1 while the channel store's backend answers (the memory store always does)", () => (m.store.health().up ? 1 : 0));
+    gauge("recodex_monitor_store_waiting_channels", "Channels only browsers have asked for (no broker message yet)", () => m.store.waitingChannels);
+    gauge("recodex_monitor_store_pending_messages", "Broker messages not yet written to the store's backend (Redis)", () => m.store.pending);
+    counter("recodex_monitor_store_waiting_refused_total", "Subscriptions to unknown channels closed at store.max_waiting_channels", () => s.waitingRefused);
+    counter("recodex_monitor_store_dropped_messages_total", "Broker messages dropped past store.redis.max_pending", () => s.pendingDropped);
+    counter("recodex_monitor_store_reconnects_total", "Connections to Redis lost (or timed out) and made anew", () => s.reconnects);
+    counter("recodex_monitor_store_resyncs_total", "Channels re-read from Redis because live delivery could not vouch for them", () => s.resyncs);
     const lastRefused: Record<string, number> = {};
     new Counter({
       name: "recodex_monitor_refused_upgrades_total",

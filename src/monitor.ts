@@ -3,11 +3,14 @@
 import { readFileSync } from "node:fs";
 import { BrokerLink } from "./broker-link.ts";
 import { BrowserGateway, type TlsFiles } from "./browser-gateway.ts";
-import { ChannelStore } from "./channel-store.ts";
+import { ChannelStore as MemoryStore } from "./channel-store.ts";
 import { combine, LOG_LEVELS, valueAt, type Config } from "./config.ts";
 import { CLOSE, monitorError, reasonOf } from "./errors.ts";
 import type { HttpEndpoints } from "./http-endpoints.ts";
 import { WarnLimiter, type Log } from "./logger.ts";
+import { StateFile } from "./state-file.ts";
+import { clockFloor, type ChannelStore, type StoreHooks } from "./store-backend.ts";
+import { RedisStore } from "./store-redis.ts";
 
 export type MonitorState = "starting" | "ready" | "draining" | "stopped";
 
@@ -32,7 +35,7 @@ export class Monitor {
     this.log = log;
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
     this.warnLimiter = new WarnLimiter(log);
-    this.store = new ChannelStore(config.retention, {
+    this.store = createStore(config, {
       dropped: (ch, cause) => {
         if (cause === "shutdown") return;
         const what = cause === "finished" ? "finished_ttl passed" : cause === "idle" ? `no message for ${this.config.retention.idle_ttl} s` : "evicted at a retention cap";
@@ -47,6 +50,11 @@ export class Monitor {
       late: (ch, command) => {
         if (log.debugEnabled) log.debug(`channel ${ch.id}: ${command} after FINISHED not delivered`);
       },
+      waitingRefused: (id) =>
+        this.warnLimiter.warn("waiting",
+          `subscription to channel ${id.slice(0, 80)} closed with 4001: store.max_waiting_channels (${this.config.store.max_waiting_channels}) channels are already asked for by browsers and have no broker message`,
+        ),
+      notice: (level, line) => (level === "info" ? log.info(line) : level === "warning" ? this.warnLimiter.warn("store", line) : log.error(line)),
     });
     this.broker = new BrokerLink(
       {
@@ -72,7 +80,7 @@ export class Monitor {
     this.gateway = new BrowserGateway(this.store, config, log, loadTls(config));
   }
 
-  /** Binds both ports (or neither) and starts relaying. */
+  /** Restores or connects the store, binds both ports (or neither) and starts relaying. */
   async start(): Promise<void> {
     const { config, log } = this;
     if (config.http.enabled) {
@@ -81,13 +89,18 @@ export class Monitor {
       this.http = new HttpEndpoints(this);
       if (config.http.uri === null) this.gateway.httpHandler = this.http.handler;
     }
-    await this.broker.bind(config.zeromq_uri);
+    // Nobody is accepted before the store has its channels back: a browser must not get an
+    // empty history that a moment later would have been whole.
+    await this.store.open();
     try {
+      await this.broker.bind(config.zeromq_uri);
       await this.gateway.listen(config.websocket_uri);
       if (this.http !== null && config.http.uri !== null) await this.http.listen(config.http.uri);
     } catch (err) {
       this.broker.close();
       await this.gateway.close(CLOSE.SHUTDOWN, 0).catch(() => {});
+      // What was restored goes back where it came from, for the next attempt.
+      await this.store.close(CLOSE.SHUTDOWN, config.limits.drain_timeout * 1000);
       throw err;
     }
     this.broker.run().catch((err: Error) => {
@@ -102,7 +115,10 @@ export class Monitor {
     );
   }
 
-  /** Stops accepting, closes every client with 1001, and resolves when all is let go. */
+  /**
+   * Takes in what ZeroMQ has already received, lets the store keep it (state file, Redis),
+   * closes every client with 1001, and resolves when all is let go.
+   */
   stop(reason: string): Promise<void> {
     if (this.stopping !== null) return this.stopping;
     this.stopping = (async () => {
@@ -110,9 +126,9 @@ export class Monitor {
       this.log.info(`stopping: ${reason}`);
       if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
       this.sweepTimer = null;
-      this.broker.close();
-      this.store.clear(CLOSE.SHUTDOWN);
-      await this.gateway.close(CLOSE.SHUTDOWN, this.config.limits.drain_timeout * 1000);
+      const drainMs = this.config.limits.drain_timeout * 1000;
+      await this.broker.drain(Math.min(1000, drainMs));
+      await Promise.all([this.store.close(CLOSE.SHUTDOWN, drainMs), this.gateway.close(CLOSE.SHUTDOWN, drainMs)]);
       await this.http?.close();
       this.state = "stopped";
       this.log.info("stopped");
@@ -147,7 +163,7 @@ export class Monitor {
       changes.push("TLS certificate and key re-read");
     }
     this.config = merged;
-    this.store.setLimits(merged.retention);
+    this.store.setLimits(merged.retention, merged.store);
     this.broker.setLimits(merged.limits.max_channel_id_length, merged.retention.max_bytes_per_channel);
     this.gateway.setSettings(merged);
     if (this.sweepTimer !== null) this.startSweep();
@@ -169,6 +185,17 @@ export class Monitor {
     }, this.store.sweepInterval());
     this.sweepTimer.unref();
   }
+}
+
+/** The backend store.kind names; the rest of the monitor sees only the interface. */
+function createStore(config: Config, hooks: StoreHooks): ChannelStore {
+  if (config.store.kind === "redis") return new RedisStore(config.retention, config.store, hooks);
+  const path = config.store.state_file;
+  if (path === null) return new MemoryStore(config.retention, hooks, undefined, {}, config.store.max_waiting_channels);
+  // With a state file, offsets must never repeat across lives of the process: when nothing
+  // is restored (a crash lost the state), new channels start above the wall clock's floor.
+  const persistence = new StateFile(path, (level, line) => hooks.notice?.(level, line));
+  return new MemoryStore(config.retention, hooks, undefined, { offsetFloor: clockFloor(Date.now()), persistence }, config.store.max_waiting_channels);
 }
 
 export function loadTls(config: Config): TlsFiles | null {

@@ -1,0 +1,678 @@
+// The Redis store (store.kind: redis): history, offsets and retention live in Redis and are
+// shared by every monitor pointed at it; this process keeps only what delivery needs.
+//
+// - Ingest: a broker message goes into a bounded queue that one batch at a time writes to
+//   Redis in order (the APPEND script gives it its offset). Nothing here waits for Redis:
+//   past store.redis.max_pending, messages are dropped, counted, logged, and the channel's
+//   offsets skip them, so that resumable clients everywhere are told of the gap.
+// - Delivery: a view per channel that has subscribers on this node. Messages this node
+//   takes in reach its own subscribers at once (with the offset Redis is expected to give;
+//   if Redis gives another, the view is re-read and resumable clients told of the gap);
+//   messages other nodes took in come from the shared feed stream, in offset order. A view
+//   that cannot vouch for its order (a hole, another life of the channel, a lost feed
+//   position) is re-read from Redis before it delivers anything more.
+// - Late joiners and resumes read the channel's history from Redis (READ script).
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { CLOSE } from "./errors.ts";
+import { RedisLink } from "./redis-link.ts";
+import {
+  FINISHED_COMMAND,
+  newCounters,
+  sweepIntervalFor,
+  type ChannelInfo,
+  type ChannelStore,
+  type CloseReason,
+  type RetentionLimits,
+  type StoreHealth,
+  type StoreHooks,
+  type StoreSettings,
+  type Subscriber,
+} from "./store-backend.ts";
+
+const BATCH_MESSAGES = 1000;
+const BATCH_BYTES = 1 << 20;
+const FEED_BLOCK_MS = 1000;
+const FEED_COUNT = 1000;
+
+interface Pending {
+  readonly id: string;
+  readonly json: string;
+  readonly fin: boolean;
+  /** The offset and epoch the local view gave it (-1: none; Redis decides). */
+  readonly expectOffset: number;
+  readonly expectEpoch: number;
+  /** The view that waits for its reply to deliver it (it was not delivered at once). */
+  readonly deliverTo: View | null;
+  /** The view that delivered it at once (its reply confirms the offset). */
+  readonly deliveredBy: View | null;
+  /** A marker for this many messages dropped past max_pending (json is empty). */
+  lost: number;
+}
+
+interface Entry {
+  readonly offset: number;
+  readonly json: string;
+  readonly fin: boolean;
+}
+
+interface ReadReply {
+  base?: string;
+  next?: string;
+  first?: string;
+  fin?: boolean;
+  entries?: [string, string][];
+  floor?: string;
+}
+
+class View implements ChannelInfo {
+  readonly id: string;
+  /** The life of the channel this view follows (its base offset); null: not known yet. */
+  epoch: number | null = null;
+  baseOffset = 0;
+  nextOffset = 0;
+  finishedAt = 0;
+  lastActivity: number;
+  readonly subs = new Set<Subscriber>();
+  /** Subscribers whose history read is on its way. */
+  readonly joining = new Map<Subscriber, number>();
+  /** Reads in flight for joiners; while any is, delivered entries are kept in `recent` for them. */
+  reads = 0;
+  recent: Entry[] = [];
+  /** Entries delivered at once that Redis has not confirmed yet. */
+  unconfirmed: Entry[] = [];
+  /** Own messages waiting for their reply to be delivered. */
+  awaiting = 0;
+  /** Delivery cannot be vouched for: re-read once nothing of ours is outstanding. */
+  stale = false;
+  resyncing = false;
+  /** Feed entries that came while the view was being re-read. */
+  held: Entry[] = [];
+  /** Offsets (in the channel's current life) of messages already delivered here at once. */
+  ownDelivered = new Set<number>();
+
+  constructor(id: string, now: number) {
+    this.id = id;
+    this.lastActivity = now;
+  }
+
+  get predicting(): boolean {
+    return this.epoch !== null && !this.stale && !this.resyncing && this.awaiting === 0;
+  }
+
+  get waiting(): boolean {
+    return this.epoch === null && !this.resyncing;
+  }
+}
+
+export class RedisStore implements ChannelStore {
+  readonly kind = "redis";
+  readonly counters = newCounters();
+  private limits: RetentionLimits;
+  private settings: StoreSettings;
+  private readonly hooks: StoreHooks;
+  private readonly node = `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
+  private readonly link: RedisLink;
+  private readonly views = new Map<string, View>();
+  private queue: Pending[] = [];
+  /** Drop markers still queued, by channel: further drops for it join them. */
+  private readonly markers = new Map<string, Pending>();
+  private batch: { seq: number; items: Pending[]; args: string[] } | null = null;
+  private batchSent = false;
+  private seq = 0;
+  private lastFeedId: string | null = null;
+  private feedChecked = true;
+  private closing = false;
+  private stats = { channels: 0, msgs: 0, bytes: 0 };
+  private wakeFeed: (() => void) | null = null;
+  private drained: (() => void) | null = null;
+
+  constructor(limits: RetentionLimits, settings: StoreSettings, hooks: StoreHooks = {}) {
+    this.limits = { ...limits };
+    this.settings = settings;
+    this.hooks = hooks;
+    this.link = new RedisLink(settings.redis.url, settings.redis.key_prefix, settings.redis.timeout * 1000, {
+      up: () => {
+        this.hooks.notice?.("info", `Redis ${redactUrl(settings.redis.url)} connected`);
+        this.feedChecked = false;
+        this.wakeFeed?.();
+        this.flush();
+      },
+      down: (reason) => {
+        this.counters.reconnects++;
+        this.hooks.notice?.("warning", `Redis link lost (${reason}): buffering broker messages (${this.pending} pending, at most store.redis.max_pending ${this.settings.redis.max_pending}); reconnecting`);
+        if (this.batch !== null) this.batchSent = false;
+      },
+    });
+  }
+
+  get size(): number {
+    return this.stats.channels;
+  }
+
+  get totalMessages(): number {
+    return this.stats.msgs;
+  }
+
+  get totalBytes(): number {
+    return this.stats.bytes;
+  }
+
+  get pending(): number {
+    return this.queue.length + (this.batch?.items.length ?? 0);
+  }
+
+  get waitingChannels(): number {
+    let n = 0;
+    for (const view of this.views.values()) if (view.waiting) n++;
+    return n;
+  }
+
+  health(): StoreHealth {
+    if (this.link.up) return { up: true, detail: `redis ${redactUrl(this.settings.redis.url)} up, ${this.pending} pending` };
+    const since = ((performance.now() - this.link.downSince) / 1000).toFixed(1);
+    return { up: false, detail: `redis ${redactUrl(this.settings.redis.url)} unreachable for ${since} s (${this.link.lastError}), ${this.pending} messages pending` };
+  }
+
+  async open(): Promise<void> {
+    await this.link.start();
+    if (!this.link.up) {
+      this.hooks.notice?.("warning", `Redis ${redactUrl(this.settings.redis.url)} not reachable yet (${this.link.lastError}): starting anyway, broker messages are buffered until it is`);
+    }
+    void this.feedLoop();
+  }
+
+  setLimits(retention: RetentionLimits, store: StoreSettings): void {
+    this.limits = { ...retention };
+    this.settings = store;
+    this.link.timeoutMs = store.redis.timeout * 1000;
+  }
+
+  sweepInterval(): number {
+    return sweepIntervalFor(this.limits);
+  }
+
+  // ---- ingest ------------------------------------------------------------------------------
+
+  publish(id: string, command: string, json: string): void {
+    if (this.closing) return;
+    this.counters.published++;
+    const fin = command === FINISHED_COMMAND;
+    const view = this.views.get(id);
+    if (view !== undefined && view.finishedAt !== 0) {
+      this.counters.late++;
+      this.hooks.late?.(view, command);
+      return;
+    }
+    if (this.pending >= this.settings.redis.max_pending) {
+      this.drop(id, view);
+      return;
+    }
+    let item: Pending;
+    if (view === undefined) {
+      item = { id, json, fin, expectOffset: -1, expectEpoch: -1, deliverTo: null, deliveredBy: null, lost: 0 };
+    } else if (view.predicting) {
+      const offset = view.nextOffset;
+      item = { id, json, fin, expectOffset: offset, expectEpoch: view.epoch!, deliverTo: null, deliveredBy: view, lost: 0 };
+      view.unconfirmed.push({ offset, json, fin });
+      this.deliver(view, { offset, json, fin });
+    } else {
+      view.awaiting++;
+      item = { id, json, fin, expectOffset: -1, expectEpoch: -1, deliverTo: view, deliveredBy: null, lost: 0 };
+    }
+    this.markers.delete(id);
+    this.queue.push(item);
+    this.flush();
+  }
+
+  /**
+   * Past max_pending: the message is lost, but not silently. A marker (one per channel, however
+   * many messages it stands for) uses up their offsets in Redis, so that every node's
+   * resumable clients are told of the hole; this node's are told at once.
+   */
+  private drop(id: string, view: View | undefined): void {
+    this.counters.pendingDropped++;
+    this.hooks.notice?.("warning", `Redis store: ${this.pending} messages already waiting for Redis (store.redis.max_pending): a message for channel ${id.slice(0, 80)} dropped`);
+    const open = this.markers.get(id);
+    const predicting = view !== undefined && view.predicting;
+    if (open !== undefined && (!predicting || open.expectOffset + open.lost === view.nextOffset)) {
+      open.lost++;
+    } else if (this.markers.size < Math.max(100, this.settings.redis.max_pending / 10)) {
+      const marker: Pending = {
+        id, json: "", fin: false, lost: 1, deliverTo: null, deliveredBy: predicting ? view : null,
+        expectOffset: predicting ? view.nextOffset : -1, expectEpoch: predicting ? view.epoch! : -1,
+      };
+      this.markers.set(id, marker);
+      this.queue.push(marker);
+    }
+    if (predicting) {
+      view.nextOffset++;
+      for (const sub of view.subs) if (sub.resumable) sub.gap(view.nextOffset);
+    }
+  }
+
+  private flush(): void {
+    if (!this.link.up || (this.batch !== null && this.batchSent)) return;
+    if (this.batch === null) {
+      if (this.queue.length === 0) return;
+      const items: Pending[] = [];
+      let bytes = 0;
+      while (this.queue.length > 0 && items.length < BATCH_MESSAGES && bytes < BATCH_BYTES) {
+        const item = this.queue.shift()!;
+        if (this.markers.get(item.id) === item) this.markers.delete(item.id);
+        items.push(item);
+        bytes += item.json.length;
+      }
+      const l = this.limits;
+      const args = [this.node, String(++this.seq), String(Math.round(l.finished_ttl * 1000)), String(Math.round(l.idle_ttl * 1000)),
+        String(l.max_messages_per_channel), String(l.max_bytes_per_channel), String(l.max_channels), String(this.settings.redis.feed_length)];
+      for (const item of items) {
+        args.push(item.id, item.fin ? "1" : "0", item.lost > 0 ? `\u0000${item.lost}` : item.json, String(item.expectOffset), String(item.expectEpoch));
+      }
+      this.batch = { seq: this.seq, items, args };
+    }
+    const batch = this.batch;
+    this.batchSent = true;
+    this.link.run("append", batch.args).then(
+      (reply) => {
+        if (this.batch !== batch) return;
+        this.batch = null;
+        this.batchSent = false;
+        this.confirmed(batch.items, JSON.parse(reply) as [string, string, number][]);
+        this.flush();
+        if (this.pending === 0) this.drained?.();
+      },
+      () => {
+        // Sent again, with the same sequence number, once the link is back: the script
+        // answers a batch it has already applied with the result it gave the first time.
+        if (this.batch === batch) this.batchSent = false;
+      },
+    );
+  }
+
+  private confirmed(items: Pending[], results: [string, string, number][]): void {
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i];
+      const [o, e, flags] = results[i];
+      const offset = Number(o);
+      const epoch = Number(e);
+      const live = (v: View | null) => (v !== null && this.views.get(v.id) === v ? v : null);
+      const by = live(item.deliveredBy);
+      if (by !== null) {
+        if (item.lost === 0) by.unconfirmed.shift();
+        // Redis put it elsewhere than this view said (another life, another writer): the
+        // view is re-read, and what its subscribers already got is remembered by new offset.
+        if (flags & 1 || flags & 2) by.stale = true;
+        if (flags & 1) by.ownDelivered.add(offset);
+      }
+      const to = live(item.deliverTo);
+      if (item.deliverTo !== null) item.deliverTo.awaiting--;
+      if (item.lost > 0) {
+        // A marker: nothing to deliver.
+      } else if (flags & 2) {
+        this.counters.late++;
+        this.hooks.late?.({ id: item.id, baseOffset: epoch, nextOffset: epoch, finishedAt: 1 }, item.fin ? FINISHED_COMMAND : "message");
+      } else if (to !== null && !to.stale && !to.resyncing) {
+        if (to.epoch === null || to.epoch === epoch) {
+          if (to.epoch === null) {
+            to.epoch = epoch;
+            to.baseOffset = epoch;
+            to.nextOffset = offset;
+          }
+          if (offset === to.nextOffset) this.deliver(to, { offset, json: item.json, fin: item.fin });
+          else to.stale = true;
+        } else {
+          to.stale = true;
+        }
+      }
+      if (flags & 4) this.hooks.truncated?.({ id: item.id, baseOffset: epoch, nextOffset: offset + 1, finishedAt: 0 });
+      const view = this.views.get(item.id);
+      if (view !== undefined && view.stale && view.awaiting === 0 && view.unconfirmed.length === 0) this.resync(view);
+    }
+  }
+
+  // ---- delivery ----------------------------------------------------------------------------
+
+  private deliver(view: View, entry: Entry): void {
+    view.nextOffset = entry.offset + 1;
+    view.lastActivity = performance.now();
+    if (view.reads > 0) view.recent.push(entry);
+    for (const sub of view.subs) sub.send(entry.json, entry.offset);
+    if (entry.fin) {
+      view.finishedAt = view.lastActivity;
+      const subs = [...view.subs];
+      view.subs.clear();
+      for (const sub of subs) sub.end(CLOSE.FINISHED);
+      this.forgetIfIdle(view);
+    }
+  }
+
+  subscribe(id: string, sub: Subscriber, after = -1): void {
+    if (this.closing) {
+      sub.end(CLOSE.SHUTDOWN);
+      return;
+    }
+    this.counters.replays++;
+    let view = this.views.get(id);
+    if (view === undefined) {
+      view = new View(id, performance.now());
+      this.views.set(id, view);
+    }
+    view.joining.set(sub, after);
+    if (!view.stale && !view.resyncing) this.join(view, sub);
+  }
+
+  /** Reads the history for one joiner; it receives live messages from when the read is answered. */
+  private join(view: View, sub: Subscriber): void {
+    view.reads++;
+    const done = (reply: ReadReply | null) => {
+      view.reads--;
+      const after = view.joining.get(sub);
+      if (after === undefined || this.views.get(view.id) !== view) return this.settle(view);
+      if (reply === null) {
+        // Redis could not be asked: try again when it is back.
+        setTimeout(() => view.joining.has(sub) && this.join(view, sub), 200).unref();
+        return this.settle(view);
+      }
+      if (view.stale || view.resyncing) return this.settle(view);
+      view.joining.delete(sub);
+      this.admit(view, sub, after, reply);
+      this.settle(view);
+    };
+    this.link.run("read", [view.id, "-1"]).then((r) => done(JSON.parse(r) as ReadReply), () => done(null));
+  }
+
+  private settle(view: View): void {
+    if (view.reads === 0) view.recent = [];
+    this.forgetIfIdle(view);
+  }
+
+  /** Replays `reply` (and what this node delivered since) to a joiner, then keeps it for live messages. */
+  private admit(view: View, sub: Subscriber, after: number, reply: ReadReply): void {
+    if (reply.base === undefined) {
+      if (view.epoch === null && this.waitingChannels > this.settings.max_waiting_channels) {
+        this.counters.waitingRefused++;
+        this.hooks.waitingRefused?.(view.id);
+        sub.end(CLOSE.EVICTED);
+        return;
+      }
+      if (view.epoch === null) {
+        if (after >= 0) sub.gap(Number(reply.floor));
+        view.subs.add(sub);
+        return;
+      }
+      // Redis has lost what this view follows (flushed, or expired meanwhile).
+      view.stale = true;
+      view.joining.set(sub, after);
+      this.resync(view);
+      return;
+    }
+    const base = Number(reply.base);
+    if (view.epoch === null) {
+      view.epoch = base;
+      view.baseOffset = base;
+      view.nextOffset = Number(reply.next);
+      if (reply.fin) view.finishedAt = performance.now();
+      this.releaseHeld(view);
+    } else if (view.epoch !== base) {
+      view.stale = true;
+      view.joining.set(sub, after);
+      this.resync(view);
+      return;
+    }
+    const entries = this.merge(view, reply);
+    const first = Number(reply.first);
+    const end = entries.length > 0 ? entries[entries.length - 1].offset + 1 : Number(reply.next);
+    let from = first;
+    if (after >= 0) {
+      if (after + 1 < first || after >= end) sub.gap(first);
+      else from = after + 1;
+    }
+    for (const e of entries) {
+      if (e.offset < from) continue;
+      sub.send(e.json, e.offset);
+      this.counters.replayedMessages++;
+    }
+    if (reply.fin || view.finishedAt !== 0) sub.end(CLOSE.FINISHED);
+    else view.subs.add(sub);
+  }
+
+  /** The read history followed by what was delivered here beyond it, in offset order. */
+  private merge(view: View, reply: ReadReply): Entry[] {
+    const entries: Entry[] = (reply.entries ?? []).map(([o, json]) => ({ offset: Number(o), json, fin: false }));
+    let next = entries.length > 0 ? entries[entries.length - 1].offset + 1 : Number(reply.next);
+    for (const e of [...view.recent, ...view.unconfirmed].sort((a, b) => a.offset - b.offset)) {
+      if (e.offset === next) {
+        entries.push(e);
+        next++;
+      }
+    }
+    return entries;
+  }
+
+  unsubscribe(id: string, sub: Subscriber): void {
+    const view = this.views.get(id);
+    if (view === undefined) return;
+    view.subs.delete(sub);
+    view.joining.delete(sub);
+    this.forgetIfIdle(view);
+  }
+
+  private forgetIfIdle(view: View): void {
+    if (view.subs.size > 0 || view.joining.size > 0 || view.reads > 0 || view.resyncing) return;
+    if (view.awaiting > 0 || view.unconfirmed.length > 0) return;
+    if (this.views.get(view.id) === view) this.views.delete(view.id);
+  }
+
+  /** Re-reads a view whose delivery cannot be vouched for, and brings every subscriber up to date. */
+  private resync(view: View): void {
+    if (view.resyncing || this.closing) return;
+    view.resyncing = true;
+    view.stale = false;
+    this.counters.resyncs++;
+    this.link.run("read", [view.id, "-1"]).then(
+      (r) => this.resynced(view, JSON.parse(r) as ReadReply),
+      () => {
+        view.resyncing = false;
+        view.stale = true;
+        setTimeout(() => this.views.get(view.id) === view && view.stale && this.resync(view), 200).unref();
+      },
+    );
+  }
+
+  private resynced(view: View, reply: ReadReply): void {
+    view.resyncing = false;
+    if (this.views.get(view.id) !== view) return;
+    if (reply.base === undefined) {
+      // The channel is gone from Redis: its subscribers wait for its next life.
+      for (const sub of view.subs) if (sub.resumable) sub.gap(Number(reply.floor));
+      view.epoch = null;
+      view.held = [];
+      view.ownDelivered.clear();
+    } else {
+      const base = Number(reply.base);
+      const entries = (reply.entries ?? []).map(([o, json]) => ({ offset: Number(o), json, fin: false }));
+      const newLife = view.epoch !== base;
+      const first = Number(reply.first);
+      for (const sub of view.subs) {
+        if (sub.resumable && (newLife || first > view.nextOffset)) sub.gap(first);
+        for (const e of entries) {
+          const seen = newLife ? !sub.resumable && view.ownDelivered.has(e.offset) : e.offset < view.nextOffset && !(sub.resumable && first > view.nextOffset);
+          if (!seen) sub.send(e.json, e.offset);
+        }
+      }
+      view.epoch = base;
+      view.baseOffset = base;
+      view.nextOffset = Number(reply.next);
+      view.ownDelivered.clear();
+      view.lastActivity = performance.now();
+      if (reply.fin) {
+        view.finishedAt = view.lastActivity;
+        const subs = [...view.subs];
+        view.subs.clear();
+        for (const sub of subs) sub.end(CLOSE.FINISHED);
+      }
+      this.releaseHeld(view);
+    }
+    for (const sub of [...view.joining.keys()]) this.join(view, sub);
+    this.forgetIfIdle(view);
+  }
+
+  private releaseHeld(view: View): void {
+    const held = view.held;
+    view.held = [];
+    for (const e of held) this.onEntry(view, view.epoch!, e);
+  }
+
+  // ---- the shared feed ---------------------------------------------------------------------
+
+  private async feedLoop(): Promise<void> {
+    while (!this.closing) {
+      if (!this.link.up) {
+        await new Promise<void>((r) => {
+          this.wakeFeed = r;
+          setTimeout(r, 1000).unref();
+        });
+        continue;
+      }
+      try {
+        if (this.lastFeedId === null) {
+          const last = (await this.link.command(["XREVRANGE", this.key("feed"), "+", "-", "COUNT", "1"])) as [string, string[]][];
+          this.lastFeedId = last.length > 0 ? last[0][0] : "0-0";
+          this.feedChecked = true;
+        }
+        if (!this.feedChecked) await this.checkFeedPosition();
+        const entries = await this.link.readFeed(this.lastFeedId, FEED_BLOCK_MS, FEED_COUNT);
+        for (const [id, fields] of entries) {
+          this.lastFeedId = id;
+          this.onFeed(fields);
+        }
+      } catch {
+        this.feedChecked = false;
+        if (!this.closing) await new Promise((r) => setTimeout(r, 100).unref());
+      }
+    }
+  }
+
+  /** After a lost connection: if the feed no longer holds our position, every view is re-read. */
+  private async checkFeedPosition(): Promise<void> {
+    const id = this.lastFeedId!;
+    const found = id === "0-0" ? [] : ((await this.link.command(["XRANGE", this.key("feed"), id, id])) as unknown[]);
+    this.feedChecked = true;
+    if (id === "0-0" || found.length > 0) return;
+    for (const view of this.views.values()) if (view.epoch !== null) this.markStale(view);
+  }
+
+  private markStale(view: View): void {
+    view.stale = true;
+    if (view.awaiting === 0 && view.unconfirmed.length === 0) this.resync(view);
+  }
+
+  private onFeed(fields: string[]): void {
+    const f: Record<string, string> = {};
+    for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]] = fields[i + 1];
+    const view = this.views.get(f.c);
+    if (view === undefined) return;
+    if (f.x === "evicted") {
+      this.counters.evicted++;
+      const subs = [...view.subs, ...view.joining.keys()];
+      this.views.delete(view.id);
+      for (const sub of subs) sub.end(CLOSE.EVICTED);
+      this.hooks.dropped?.(view, "evicted");
+      return;
+    }
+    if (f.n === this.node) return;
+    const entry: Entry = { offset: Number(f.o), json: f.m ?? "", fin: f.f === "1" };
+    if (f.x === "lost") {
+      this.onLost(view, Number(f.e), entry.offset, Number(f.l));
+      return;
+    }
+    this.onEntry(view, Number(f.e), entry);
+  }
+
+  private onEntry(view: View, epoch: number, entry: Entry): void {
+    if (view.resyncing || view.stale) {
+      view.held.push(entry);
+      return;
+    }
+    if (view.epoch === null) {
+      // A channel only browsers had asked for has its first message.
+      if (entry.offset !== epoch) return this.markStale(view);
+      view.epoch = epoch;
+      view.baseOffset = epoch;
+      view.nextOffset = epoch;
+    }
+    if (epoch !== view.epoch || entry.offset > view.nextOffset) return this.markStale(view);
+    if (entry.offset < view.nextOffset) return;
+    this.deliver(view, entry);
+  }
+
+  private onLost(view: View, epoch: number, offset: number, count: number): void {
+    if (view.epoch !== epoch || offset !== view.nextOffset || view.stale || view.resyncing) return this.markStale(view);
+    view.nextOffset += count;
+    for (const sub of view.subs) if (sub.resumable) sub.gap(view.nextOffset);
+  }
+
+  // ---- housekeeping ------------------------------------------------------------------------
+
+  sweep(): void {
+    const idleBefore = performance.now() - this.limits.idle_ttl * 1000;
+    for (const view of [...this.views.values()]) {
+      if (view.finishedAt !== 0 || view.lastActivity > idleBefore || view.resyncing || view.reads > 0) continue;
+      this.counters.expired++;
+      this.views.delete(view.id);
+      const subs = [...view.subs];
+      view.subs.clear();
+      for (const sub of subs) sub.end(CLOSE.EXPIRED);
+      // A channel only browsers asked for was never one: nothing to report.
+      if (view.epoch !== null) this.hooks.dropped?.(view, "idle");
+    }
+    this.flush();
+    if (this.link.up) {
+      this.link.run("stats", []).then(
+        (r) => (this.stats = JSON.parse(r) as typeof this.stats),
+        () => {},
+      );
+      if (this.feedChecked && this.lastFeedId !== null) this.feedChecked = false;
+    }
+  }
+
+  async close(close: CloseReason, deadlineMs: number): Promise<void> {
+    this.closing = true;
+    if (this.pending > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.drained = resolve;
+        timer = setTimeout(resolve, deadlineMs);
+      });
+      clearTimeout(timer);
+      if (this.pending > 0) {
+        this.hooks.notice?.("error", `Redis store: ${this.pending} broker messages could not be written to Redis before the stop (${this.link.lastError}): lost`);
+      }
+    }
+    for (const view of this.views.values()) {
+      const subs = [...view.subs, ...view.joining.keys()];
+      view.subs.clear();
+      view.joining.clear();
+      for (const sub of subs) sub.end(close);
+    }
+    this.views.clear();
+    this.wakeFeed?.();
+    this.link.close();
+  }
+
+  private key(name: string): string {
+    return this.settings.redis.key_prefix + name;
+  }
+}
+
+/** The URL without its password, for logs and /readyz. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== "") u.password = "***";
+    return u.toString();
+  } catch {
+    return "(invalid URL)";
+  }
+}
