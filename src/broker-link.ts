@@ -21,6 +21,7 @@ const POLL_ONLY = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined"
 const YIELD_MESSAGES = 2048;
 const MAX_FRAME_BYTES = 64 * 1024 * 1024;
 const YIELD_BYTES = 256 * 1024;
+const DRAIN_QUIET_MS = 50;
 
 export function zmqEndpoint([host, port]: Address): string {
   const h = host === "" || host === "0.0.0.0" ? "*" : host.includes(":") ? `[${host}]` : host;
@@ -33,6 +34,7 @@ export class BrokerLink {
   private maxChannelLength: number;
   private maxMessageLength: number;
   private closed = false;
+  private loop: Promise<void> | null = null;
   peers = 0;
   endpoint = "";
 
@@ -64,7 +66,12 @@ export class BrokerLink {
   }
 
   /** Receives until close(); each message is handled synchronously before the next. */
-  async run(): Promise<void> {
+  run(): Promise<void> {
+    this.loop ??= this.receiveLoop();
+    return this.loop;
+  }
+
+  private async receiveLoop(): Promise<void> {
     const handlers = this.handlers;
     let idleSince = Date.now();
     let received = 0;
@@ -101,15 +108,23 @@ export class BrokerLink {
 
   /**
    * Lets the receive loop take every message the socket has already received (libzmq holds
-   * them until read, and a close would throw them away), then closes it. Messages the broker
-   * sends after that are the broker's to lose; it reconnects to the next process by itself.
+   * them until read, and a close would throw them away), then closes it and waits for the
+   * loop to have handled the last one. The socket counts as drained once nothing has been
+   * readable for DRAIN_QUIET_MS: libzmq refills its queue from TCP in its own thread, so an
+   * empty queue for a moment is not the end. Messages the broker sends after that are the
+   * broker's to lose; it reconnects to the next process by itself.
    */
   async drain(timeoutMs: number): Promise<void> {
     const deadline = performance.now() + timeoutMs;
-    while (!this.closed && this.socket.readable && performance.now() < deadline) {
-      await new Promise((r) => setImmediate(r));
+    let quietSince = performance.now();
+    while (!this.closed && performance.now() < deadline) {
+      const now = performance.now();
+      if (this.socket.readable) quietSince = now;
+      else if (now - quietSince >= DRAIN_QUIET_MS) break;
+      await new Promise((r) => (this.socket.readable ? setImmediate(r) : setTimeout(r, 1)));
     }
     this.close();
+    await this.loop?.catch(() => {});
   }
 
   close(): void {

@@ -183,10 +183,14 @@ export class RedisLink {
     const client = await this.feed.open();
     const deadline = setTimeout(() => this.feed.lose("feed read unanswered"), blockMs + this.timeoutMs);
     try {
-      const reply = (await client.sendCommand(["XREAD", "COUNT", String(count), "BLOCK", String(blockMs), "STREAMS", `${this.prefix}feed`, lastId])) as
+      const key = `${this.prefix}feed`;
+      // RESP3 (node-redis' default) answers a map of streams, RESP2 a list of [name, entries].
+      const reply = (await client.sendCommand(["XREAD", "COUNT", String(count), "BLOCK", String(blockMs), "STREAMS", key, lastId])) as
+        | Record<string, [string, string[]][]>
         | [string, [string, string[]][]][]
         | null;
-      return reply === null ? [] : reply[0][1];
+      if (reply === null) return [];
+      return Array.isArray(reply) ? (reply[0]?.[1] ?? []) : (reply[key] ?? []);
     } catch (err) {
       this.feed.lose(reasonOf(err));
       throw err;

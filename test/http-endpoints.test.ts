@@ -138,9 +138,12 @@ test("/metrics counts evictions at retention.max_channels, idle expiry, and fini
   });
   const broker = await Broker.connect(m.zmqPort);
   t.after(() => broker.close());
+  // A channel counts once the broker has written to it (a browser's subscription alone does not).
+  await broker.send("e1", "DOWNLOADED");
+  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_channels") === 1, "channel e1 kept");
   const first = await Browser.open(m.wsPort, "e1");
   t.after(() => first.close());
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_channels") === 1, "channel e1 kept");
+  await first.waitMessages(1);
   await broker.send("e2", "DOWNLOADED");
   await broker.send("e3", "DOWNLOADED");
   assert.equal((await first.waitClose()).code, 4001, "the evicted channel's subscriber is told why");
