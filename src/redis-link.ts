@@ -29,6 +29,7 @@ class Connection {
   timeoutMs: number;
   /** Called once per client when it is lost. */
   onLost: (reason: string) => void = () => {};
+  private lastFailure: string | null = null;
 
   constructor(url: string, name: string, timeoutMs: number) {
     this.url = url;
@@ -56,6 +57,11 @@ class Connection {
     this.onLost(reason);
   }
 
+  /** node-redis, told not to reconnect, ends a lost connection without an event: look. */
+  checkAlive(): void {
+    if (this.client !== null && !this.client.isReady) this.lose(this.lastFailure ?? "connection lost");
+  }
+
   close(): void {
     this.closed = true;
     const client = this.client;
@@ -74,12 +80,9 @@ class Connection {
         disableOfflineQueue: true,
         socket: { reconnectStrategy: false, connectTimeout: this.timeoutMs },
       }) as unknown as Client;
-      let failure: Error | null = null;
       client.on("error", (err: Error) => {
-        failure ??= err;
-      });
-      client.on("end", () => {
-        if (this.client === client) this.lose(failure ? reasonOf(failure) : "connection closed");
+        this.lastFailure = reasonOf(err);
+        if (this.client === client && !client.isReady) this.lose(this.lastFailure);
       });
       try {
         await withTimeout(client.connect(), this.timeoutMs, "no answer");
@@ -88,6 +91,7 @@ class Connection {
           throw new Error("closed");
         }
         this.client = client;
+        this.lastFailure = null;
         return client;
       } catch (err) {
         client.destroy();
@@ -227,6 +231,8 @@ export class RedisLink {
 
   /** A command unanswered past the timeout: the connection is made anew, its commands sent again by the store. */
   private check(): void {
+    this.commands.checkAlive();
+    this.feed.checkAlive();
     const now = performance.now();
     for (const token of this.inFlight) {
       if (now - token.since > this.timeoutMs) {

@@ -392,3 +392,78 @@ test("a client that was fully caught up on a dropped channel is told of the gap 
   store.subscribe("y", resumed, 1);
   assert.equal(resumed.gaps.length, 1);
 });
+
+// ---- channels only browsers asked for (issue 10) ----------------------------------------
+
+function waitingSetup(limits: Partial<RetentionLimits>, maxWaiting: number) {
+  const clock = new Clock();
+  const refused: string[] = [];
+  const store = new ChannelStore({ ...LIMITS, ...limits }, { waitingRefused: (id) => refused.push(id) }, clock.now, {}, maxWaiting);
+  return { clock, store, refused };
+}
+
+test("a subscription to a channel no broker wrote to counts against no cap and never evicts a broker channel", () => {
+  const { store } = waitingSetup({ max_channels: 2, max_total_bytes: 1024 }, 100);
+  const real = [new Sub(), new Sub()];
+  store.publish("r1", "STARTED", msg("STARTED"));
+  store.publish("r2", "STARTED", msg("STARTED"));
+  store.subscribe("r1", real[0]);
+  store.subscribe("r2", real[1]);
+  for (let i = 0; i < 50; i++) store.subscribe(`attacker_${i}`, new Sub());
+  assert.equal(store.size, 2);
+  assert.equal(store.waitingChannels, 50);
+  assert.deepEqual(real.map((s) => s.code()), [null, null]);
+  assert.equal(store.counters.evicted, 0);
+  assert.equal(store.totalMessages, 2);
+});
+
+test("past store.max_waiting_channels a subscription to one more unknown channel is closed with 4001; known ones still join", () => {
+  const { store, refused } = waitingSetup({}, 2);
+  const a = new Sub();
+  const a2 = new Sub();
+  const b = new Sub();
+  const c = new Sub();
+  store.subscribe("a", a);
+  store.subscribe("b", b);
+  store.subscribe("a", a2);
+  store.subscribe("c", c);
+  assert.equal(c.code(), 4001);
+  assert.deepEqual(refused, ["c"]);
+  assert.equal(store.counters.waitingRefused, 1);
+  assert.deepEqual([a.code(), a2.code(), b.code()], [null, null, null]);
+});
+
+test("a waiting channel vanishes with its last subscriber, and becomes a kept channel with its first broker message", () => {
+  const { store } = waitingSetup({}, 10);
+  const gone = new Sub();
+  store.subscribe("gone", gone);
+  store.unsubscribe("gone", gone);
+  assert.equal(store.waitingChannels, 0);
+  const waiter = new Sub();
+  store.subscribe("job", waiter);
+  store.publish("job", "DOWNLOADED", msg("DOWNLOADED"));
+  assert.deepEqual(waiter.got, [msg("DOWNLOADED")]);
+  assert.equal(store.waitingChannels, 0);
+  assert.equal(store.size, 1);
+  store.publish("job", "FINISHED", msg("FINISHED"));
+  assert.equal(waiter.code(), 1000);
+});
+
+test("a resume into a channel nobody has is told of the gap with an offset at or below the channel's first one", () => {
+  const { store } = waitingSetup({}, 10);
+  store.publish("other", "X", msg("X"));
+  const r = new Sub();
+  store.subscribe("fresh", r, 7);
+  store.publish("fresh", "DOWNLOADED", msg("DOWNLOADED"));
+  assert.equal(r.gaps.length, 1);
+  assert.ok(r.gaps[0] <= r.offsets[0], `gap ${r.gaps[0]} then offset ${r.offsets[0]}`);
+});
+
+test("close ends waiting subscribers too", () => {
+  const { store } = waitingSetup({}, 10);
+  const w = new Sub();
+  store.subscribe("w", w);
+  store.clear({ code: 1001, reason: "bye" });
+  assert.equal(w.code(), 1001);
+  assert.equal(store.waitingChannels, 0);
+});

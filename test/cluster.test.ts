@@ -1,0 +1,255 @@
+// Several real monitor processes sharing one real redis-server (store.kind: redis): what
+// the broker sends to one node reaches browsers on every node, byte for byte and in order;
+// history survives a node's kill -9 and a Redis restart; a stopped, restarted or flushed
+// Redis never costs a connected subscriber a message, a duplicate or another life's
+// messages. Skipped when redis-server is not installed.
+import { test, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { RESUME_PROTOCOL as RESUME } from "../src/subscription.ts";
+import { Broker, Browser, httpGet, waitUntil, type MonitorProcess } from "./helpers.ts";
+import { figure, NO_REDIS, RedisServer, redisMonitor, unwrap, waitFigure } from "./store-helpers.ts";
+
+const options = { skip: NO_REDIS, timeout: 120_000 };
+const task = (i: number) => `{"command": "TASK", "task_id": "t${i}", "task_state": "COMPLETED"}`;
+const FINISHED = '{"command": "FINISHED"}';
+const FAST = "    timeout: 1\n";
+
+async function nodes(t: TestContext, redis: RedisServer, n: number, redisKeys = FAST, extraYaml = ""): Promise<MonitorProcess[]> {
+  return Promise.all(Array.from({ length: n }, () => redisMonitor(t, redis, { redisKeys, extraYaml })));
+}
+
+async function brokerTo(t: TestContext, m: MonitorProcess): Promise<Broker> {
+  const b = await Broker.connect(m.zmqPort);
+  t.after(() => b.close());
+  return b;
+}
+
+async function watch(t: TestContext, m: MonitorProcess, channel: string, resumable = false, first: string = channel): Promise<Browser> {
+  const b = new Browser(`ws://127.0.0.1:${m.wsPort}/`, resumable ? RESUME : undefined);
+  t.after(() => b.close());
+  await b.opened;
+  b.ws.send(first);
+  await waitFigure(m.wsPort, "recodex_monitor_subscriptions_total", (v) => v >= 1);
+  return b;
+}
+
+/** Waits until `m` has read the subscriptions' history from Redis (its replays have started). */
+async function subscribedOn(m: MonitorProcess, n: number): Promise<void> {
+  await waitFigure(m.wsPort, "recodex_monitor_replays_total", (v) => v >= n);
+}
+
+test("messages sent to node A reach subscribers on A, B and C byte for byte and in order; a late joiner on C gets the whole history", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b, c] = await nodes(t, redis, 3);
+  const watchers = [await watch(t, a, "job_abc"), await watch(t, b, "job_abc"), await watch(t, c, "job_abc"), await watch(t, c, "job_abc", true)];
+  for (const m of [a, b]) await subscribedOn(m, 1);
+  await subscribedOn(c, 2);
+  const broker = await brokerTo(t, a);
+  await broker.send("job_abc", "DOWNLOADED");
+  await broker.send("job_abc", "TASK", "úkol 😀", "FAILED");
+  for (let i = 0; i < 50; i++) await broker.send("job_abc", "TASK", `t${i}`, "COMPLETED");
+  await broker.send("job_abc", "FINISHED");
+  const expected = ['{"command": "DOWNLOADED"}', '{"command": "TASK", "task_id": "\\u00fakol \\ud83d\\ude00", "task_state": "FAILED"}', ...Array.from({ length: 50 }, (_, i) => task(i)), FINISHED];
+  for (const w of watchers.slice(0, 3)) {
+    assert.deepEqual(await w.waitMessages(expected.length), expected);
+    assert.equal((await w.waitClose()).code, 1000);
+  }
+  const offsets = unwrap(await watchers[3].waitMessages(expected.length));
+  assert.deepEqual(offsets.map((e) => ("message" in e ? e.message : "gap")), expected);
+  const first = (offsets[0] as { offset: number }).offset;
+  assert.deepEqual(offsets.map((e) => (e as { offset: number }).offset), expected.map((_, i) => first + i), "offsets are consecutive");
+  const late = await watch(t, c, "job_abc");
+  assert.deepEqual(await late.waitMessages(expected.length), expected);
+  assert.equal((await late.waitClose()).code, 1000);
+});
+
+test("kill -9 of the ingest node mid-job: B and C keep everything it appended; restarted, it continues the same channels", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b, c] = await nodes(t, redis, 3);
+  const onB = await watch(t, b, "job_kill", true);
+  const onC = await watch(t, c, "job_kill");
+  await subscribedOn(b, 1);
+  await subscribedOn(c, 1);
+  const broker = await brokerTo(t, a);
+  for (let i = 0; i < 20; i++) await broker.send("job_kill", "TASK", `t${i}`, "COMPLETED");
+  await onB.waitMessages(20);
+  await onC.waitMessages(20);
+  a.child.kill("SIGKILL");
+  await a.exited;
+  broker.close();
+  const a2 = await redisMonitor(t, redis, { redisKeys: FAST, wsPort: a.wsPort, zmqPort: a.zmqPort });
+  const broker2 = await brokerTo(t, a2);
+  for (let i = 20; i < 30; i++) await broker2.send("job_kill", "TASK", `t${i}`, "COMPLETED");
+  await broker2.send("job_kill", "FINISHED");
+  const expected = [...Array.from({ length: 30 }, (_, i) => task(i)), FINISHED];
+  assert.deepEqual(await onC.waitMessages(31), expected);
+  const got = unwrap(await onB.waitMessages(31));
+  const first = (got[0] as { offset: number }).offset;
+  assert.deepEqual(got, expected.map((message, i) => ({ offset: first + i, message })), "the restarted node continued the offsets");
+  const late = await watch(t, a2, "job_kill");
+  assert.deepEqual(await late.waitMessages(31), expected);
+});
+
+test("Redis stopped (SIGSTOP) for 5 s: connected subscribers lose nothing and see nothing twice or out of order; memory stays bounded", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b] = await nodes(t, redis, 2, `${FAST}    max_pending: 500\n`);
+  const onA = await watch(t, a, "job_stop", true);
+  const onB = await watch(t, b, "job_stop", true);
+  await subscribedOn(a, 1);
+  await subscribedOn(b, 1);
+  const broker = await brokerTo(t, a);
+  await broker.send("job_stop", "DOWNLOADED");
+  await onA.waitMessages(1);
+  await onB.waitMessages(1);
+  redis.signal("SIGSTOP");
+  const stoppedAt = Date.now();
+  for (let i = 0; i < 300; i++) await broker.send("job_stop", "TASK", `t${i}`, "COMPLETED");
+  await waitFigure(a.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 300);
+  await onA.waitMessages(301); // the ingest node's own subscribers keep receiving live
+  await waitFigure(a.wsPort, "recodex_monitor_store_up", (v) => v === 0);
+  const ready = await httpGet(a.wsPort, "/readyz");
+  assert.equal(ready.status, 503, "readyz reports the Redis link");
+  assert.match(ready.body, /^ready\nredis redis:\/\/127\.0\.0\.1:\d+\/0 unreachable for [\d.]+ s \(.*\), 300 messages pending\n$/);
+  const wait = 5000 - (Date.now() - stoppedAt);
+  if (wait > 0) await new Promise((r) => setTimeout(r, wait)); // the 5 s stop itself is what is tested
+  redis.signal("SIGCONT");
+  await broker.send("job_stop", "FINISHED");
+  const expected = ['{"command": "DOWNLOADED"}', ...Array.from({ length: 300 }, (_, i) => task(i)), FINISHED];
+  for (const w of [onA, onB]) {
+    const got = unwrap(await w.waitMessages(302));
+    const first = (got[0] as { offset: number }).offset;
+    assert.deepEqual(got, expected.map((message, i) => ({ offset: first + i, message })));
+    assert.equal((await w.waitClose()).code, 1000);
+  }
+  await waitFigure(a.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 0);
+  assert.equal(await figure(a.wsPort, "recodex_monitor_store_dropped_messages_total"), 0);
+  assert.ok((await figure(a.wsPort, "recodex_monitor_store_reconnects_total")) >= 1);
+  assert.equal((await httpGet(a.wsPort, "/readyz")).status, 200);
+});
+
+test("past store.redis.max_pending while Redis is stopped: pending stays at the bound, the rest is counted as dropped, resumable clients everywhere are told of the gap", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b] = await nodes(t, redis, 2, `${FAST}    max_pending: 100\n`);
+  const onA = await watch(t, a, "job_over", true);
+  const onB = await watch(t, b, "job_over", true);
+  await subscribedOn(a, 1);
+  await subscribedOn(b, 1);
+  const broker = await brokerTo(t, a);
+  await broker.send("job_over", "DOWNLOADED");
+  await onB.waitMessages(1);
+  redis.signal("SIGSTOP");
+  t.after(() => redis.signal("SIGCONT"));
+  await waitFigure(a.wsPort, "recodex_monitor_store_up", (v) => v === 0);
+  for (let i = 0; i < 150; i++) await broker.send("job_over", "TASK", `t${i}`, "COMPLETED");
+  await waitFigure(a.wsPort, "recodex_monitor_store_dropped_messages_total", (v) => v === 50);
+  // 100 messages and one marker standing for the 50 dropped ones.
+  assert.ok((await figure(a.wsPort, "recodex_monitor_store_pending_messages")) <= 101);
+  assert.match(a.output(), /max_pending\): a message for channel job_over dropped/);
+  redis.signal("SIGCONT");
+  await broker.send("job_over", "FINISHED");
+  for (const w of [onA, onB]) {
+    await w.waitClose();
+    const got = unwrap(w.messages);
+    assert.deepEqual(got.filter((e) => "message" in e).map((e) => (e as { message: string }).message), ['{"command": "DOWNLOADED"}', ...Array.from({ length: 100 }, (_, i) => task(i)), FINISHED]);
+    assert.ok(got.some((e) => "gap" in e), "told of the gap");
+  }
+});
+
+test("Redis restarted (append-only file): history kept; subscribers connected across the restart lose nothing", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b] = await nodes(t, redis, 2);
+  const onB = await watch(t, b, "job_aof");
+  await subscribedOn(b, 1);
+  const broker = await brokerTo(t, a);
+  for (let i = 0; i < 10; i++) await broker.send("job_aof", "TASK", `t${i}`, "COMPLETED");
+  await onB.waitMessages(10);
+  await redis.stop("SIGTERM");
+  await waitFigure(a.wsPort, "recodex_monitor_store_up", (v) => v === 0);
+  for (let i = 10; i < 20; i++) await broker.send("job_aof", "TASK", `t${i}`, "COMPLETED");
+  await redis.launch();
+  await broker.send("job_aof", "FINISHED");
+  const expected = [...Array.from({ length: 20 }, (_, i) => task(i)), FINISHED];
+  assert.deepEqual(await onB.waitMessages(21), expected);
+  const late = await watch(t, b, "job_aof");
+  assert.deepEqual(await late.waitMessages(21), expected);
+});
+
+test("Redis flushed: resumable clients are told of the gap and never get a message of another life of the channel", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b] = await nodes(t, redis, 2);
+  const onB = await watch(t, b, "job_flush", true);
+  await subscribedOn(b, 1);
+  const broker = await brokerTo(t, a);
+  for (let i = 0; i < 5; i++) await broker.send("job_flush", "TASK", `t${i}`, "COMPLETED");
+  const before = unwrap(await onB.waitMessages(5));
+  const lastOffset = (before[4] as { offset: number }).offset;
+  redis.cli("FLUSHALL");
+  await broker.send("job_flush", "TASK", "t5", "COMPLETED");
+  const after = unwrap(await onB.waitMessages(7));
+  assert.ok("gap" in after[5], `a gap notice, got ${JSON.stringify(after[5])}`);
+  assert.deepEqual((after[6] as { message: string }).message, task(5));
+  assert.ok((after[6] as { offset: number }).offset > lastOffset + 1, "the new life's offsets are above the old one's");
+  // A client resuming with an offset of the old life is told of the gap, then gets only the new life.
+  const resumed = await watch(t, b, "job_flush", true, JSON.stringify({ channel: "job_flush", after: (before[2] as { offset: number }).offset }));
+  const got = unwrap(await resumed.waitMessages(2));
+  assert.ok("gap" in got[0]);
+  assert.deepEqual(got[1], after[6]);
+});
+
+test("a dropped Redis connection (CLIENT KILL) mid-stream: the subscriber gets every message exactly once", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b] = await nodes(t, redis, 2);
+  const onB = await watch(t, b, "job_kill_conn");
+  await subscribedOn(b, 1);
+  const broker = await brokerTo(t, a);
+  const n = 2000;
+  for (let i = 0; i < n; i++) {
+    await broker.send("job_kill_conn", "TASK", `t${i}`, "COMPLETED");
+    if (i === 500 || i === 1200) redis.cli("CLIENT", "KILL", "TYPE", "normal");
+  }
+  await broker.send("job_kill_conn", "FINISHED");
+  assert.deepEqual(await onB.waitMessages(n + 1), [...Array.from({ length: n }, (_, i) => task(i)), FINISHED]);
+  assert.equal((await onB.waitClose()).code, 1000);
+  assert.equal(onB.messages.length, n + 1, "nothing twice");
+  assert.ok((await figure(b.wsPort, "recodex_monitor_store_reconnects_total")) + (await figure(a.wsPort, "recodex_monitor_store_reconnects_total")) >= 1);
+});
+
+test("10,000 messages over 100 channels to 3 nodes: none lost, none reordered", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const all = await nodes(t, redis, 3);
+  const channels = Array.from({ length: 100 }, (_, i) => `job_many_${i}`);
+  const watchers: { channel: string; browser: Browser }[] = [];
+  for (const [i, channel] of channels.entries()) {
+    for (const m of [all[i % 3], all[(i + 1) % 3]]) watchers.push({ channel, browser: await watch(t, m, channel) });
+  }
+  for (const m of all) await subscribedOn(m, (100 * 2) / 3 - 1);
+  const broker = await brokerTo(t, all[0]);
+  const per = 100;
+  for (let k = 0; k < per; k++) {
+    for (const channel of channels) await broker.send(channel, k === per - 1 ? "FINISHED" : "TASK", ...(k === per - 1 ? [] : [`t${k}`, "COMPLETED"]));
+  }
+  const expected = [...Array.from({ length: per - 1 }, (_, i) => task(i)), FINISHED];
+  for (const w of watchers) {
+    assert.deepEqual(await w.browser.waitMessages(per, 60_000), expected, w.channel);
+    assert.equal((await w.browser.waitClose()).code, 1000);
+  }
+});
+
+test("retention is enforced in Redis itself: FINISHED channels and idle ones expire there with every monitor gone; per-channel caps trim the stream", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a] = await nodes(t, redis, 1, FAST, "retention:\n  finished_ttl: 1\n  idle_ttl: 2\n  max_messages_per_channel: 5\n");
+  const broker = await brokerTo(t, a);
+  for (let i = 0; i < 12; i++) await broker.send("job_cap", "TASK", `t${i}`, "COMPLETED");
+  await broker.send("job_done", "FINISHED");
+  await waitFigure(a.wsPort, "recodex_monitor_messages_in_total", (v) => v === 13);
+  await waitFigure(a.wsPort, "recodex_monitor_stored_messages", (v) => v === 6);
+  assert.equal(redis.cli("XLEN", "rmon-test:s:job_cap"), "5");
+  const late = await watch(t, a, "job_cap");
+  assert.deepEqual(await late.waitMessages(5), Array.from({ length: 5 }, (_, i) => task(i + 7)));
+  late.close();
+  assert.equal(await a.stop("SIGTERM"), 0);
+  const ttl = (key: string) => Number(redis.cli("PTTL", key));
+  assert.ok(ttl("rmon-test:m:job_done") > 0 && ttl("rmon-test:m:job_done") <= 1000, "finished_ttl");
+  assert.ok(ttl("rmon-test:s:job_cap") > 1000 && ttl("rmon-test:s:job_cap") <= 2000, "idle_ttl");
+  await waitUntil(() => redis.cli("EXISTS", "rmon-test:m:job_done", "rmon-test:s:job_done", "rmon-test:m:job_cap", "rmon-test:s:job_cap") === "0", 10_000, "the channels to expire in Redis");
+});
