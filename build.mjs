@@ -91,11 +91,12 @@ const zeromqAddonPlugin = {
 
 /** ws tries `require("bufferutil")` / `require("utf-8-validate")` in try/catch and falls
  *  back to JS; a stub that throws keeps them out of the bundle (inside a SEA a require of a
- *  non-built-in module prints a warning). */
+ *  non-built-in module prints a warning). The same for node-redis' optional
+ *  native peer @node-rs/xxhash, used only by its `digest` helper, which we never call. */
 const wsOptionalPlugin = {
   name: "ws-optional-native",
   setup(build) {
-    build.onResolve({ filter: /^(bufferutil|utf-8-validate)$/ }, (args) => ({
+    build.onResolve({ filter: /^(bufferutil|utf-8-validate|@node-rs\/xxhash)$/ }, (args) => ({
       path: args.path,
       namespace: "optional-native-stub",
     }));

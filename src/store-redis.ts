@@ -88,6 +88,8 @@ class View implements ChannelInfo {
   resyncing = false;
   /** Feed entries that came while the view was being re-read. */
   held: Entry[] = [];
+  /** Messages were lost just before the next one: resumable subscribers are told with it. */
+  gapAhead = false;
   /** Offsets (in the channel's current life) of messages already delivered here at once. */
   ownDelivered = new Set<number>();
 
@@ -247,7 +249,7 @@ export class RedisStore implements ChannelStore {
     }
     if (predicting) {
       view.nextOffset++;
-      for (const sub of view.subs) if (sub.resumable) sub.gap(view.nextOffset);
+      view.gapAhead = true;
     }
   }
 
@@ -334,6 +336,11 @@ export class RedisStore implements ChannelStore {
   // ---- delivery ----------------------------------------------------------------------------
 
   private deliver(view: View, entry: Entry): void {
+    if (view.gapAhead) {
+      // Resumable clients hear of a hole once, right before the first message after it.
+      view.gapAhead = false;
+      for (const sub of view.subs) if (sub.resumable) sub.gap(entry.offset);
+    }
     view.nextOffset = entry.offset + 1;
     view.lastActivity = performance.now();
     if (view.reads > 0) view.recent.push(entry);
@@ -610,7 +617,7 @@ export class RedisStore implements ChannelStore {
   private onLost(view: View, epoch: number, offset: number, count: number): void {
     if (view.epoch !== epoch || offset !== view.nextOffset || view.stale || view.resyncing) return this.markStale(view);
     view.nextOffset += count;
-    for (const sub of view.subs) if (sub.resumable) sub.gap(view.nextOffset);
+    view.gapAhead = true;
   }
 
   // ---- housekeeping ------------------------------------------------------------------------

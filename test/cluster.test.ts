@@ -146,12 +146,16 @@ test("past store.redis.max_pending while Redis is stopped: pending stays at the 
   assert.ok((await figure(a.wsPort, "recodex_monitor_store_pending_messages")) <= 101);
   assert.match(a.output(), /max_pending\): a message for channel job_over dropped/);
   redis.signal("SIGCONT");
+  await waitFigure(a.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 0);
   await broker.send("job_over", "FINISHED");
   for (const w of [onA, onB]) {
     await w.waitClose();
     const got = unwrap(w.messages);
     assert.deepEqual(got.filter((e) => "message" in e).map((e) => (e as { message: string }).message), ['{"command": "DOWNLOADED"}', ...Array.from({ length: 100 }, (_, i) => task(i)), FINISHED]);
-    assert.ok(got.some((e) => "gap" in e), "told of the gap");
+    const gaps = got.filter((e) => "gap" in e);
+    assert.equal(gaps.length, 1, "told of the gap, once");
+    const at = got.findIndex((e) => "gap" in e);
+    assert.deepEqual(got[at + 1], { offset: (gaps[0] as { gap: number }).gap, message: FINISHED }, "right before the first message after it");
   }
 });
 
