@@ -3,16 +3,19 @@
 // history survives a node's kill -9 and a Redis restart; a stopped, restarted or flushed
 // Redis never costs a connected subscriber a message, a duplicate or another life's
 // messages. Skipped when redis-server is not installed.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { RESUME_PROTOCOL as RESUME } from "../src/subscription.ts";
-import { Broker, Browser, httpGet, waitUntil, type MonitorProcess } from "./helpers.ts";
+import { Broker, Browser, httpGet, MAIN, ROOT, waitUntil, type MonitorProcess } from "./helpers.ts";
 import { figure, NO_REDIS, RedisServer, redisMonitor, unwrap, waitFigure } from "./store-helpers.ts";
 
 const options = { skip: NO_REDIS, timeout: 120_000 };
 const task = (i: number) => `{"command": "TASK", "task_id": "t${i}", "task_state": "COMPLETED"}`;
 const FINISHED = '{"command": "FINISHED"}';
 const FAST = "    timeout: 1\n";
+const DENO = join(ROOT, "node_modules", ".bin", "deno");
 
 async function nodes(t: TestContext, redis: RedisServer, n: number, redisKeys = FAST, extraYaml = ""): Promise<MonitorProcess[]> {
   return Promise.all(Array.from({ length: n }, () => redisMonitor(t, redis, { redisKeys, extraYaml })));
@@ -256,4 +259,22 @@ test("retention is enforced in Redis itself: FINISHED channels and idle ones exp
   assert.ok(ttl("rmon-test:m:job_done") > 0 && ttl("rmon-test:m:job_done") <= 1000, "finished_ttl");
   assert.ok(ttl("rmon-test:s:job_cap") > 1000 && ttl("rmon-test:s:job_cap") <= 2000, "idle_ttl");
   await waitUntil(() => redis.cli("EXISTS", "rmon-test:m:job_done", "rmon-test:s:job_done", "rmon-test:m:job_cap", "rmon-test:s:job_cap") === "0", 10_000, "the channels to expire in Redis");
+});
+
+test("under Deno a monitor on the Redis store serves what a Node monitor took in", { ...options, skip: NO_REDIS || (existsSync(DENO) ? false : "node_modules/.bin/deno is not installed") }, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a] = await nodes(t, redis, 1);
+  const deno = await redisMonitor(t, redis, {
+    redisKeys: FAST,
+    command: [DENO, "run", "--allow-net", "--allow-read", "--allow-ffi", "--allow-env", "--allow-sys", "--allow-write", MAIN],
+    env: { ...process.env, DENO_NO_UPDATE_CHECK: "1", DENO_NO_PROMPT: "1", NO_COLOR: "1" },
+  });
+  const w = await watch(t, deno, "job_deno");
+  await subscribedOn(deno, 1);
+  const broker = await brokerTo(t, a);
+  await broker.send("job_deno", "TASK", "t0", "COMPLETED");
+  await broker.send("job_deno", "FINISHED");
+  assert.deepEqual(await w.waitMessages(2), [task(0), FINISHED]);
+  assert.equal((await w.waitClose()).code, 1000);
+  assert.equal(await deno.stop("SIGTERM"), 0);
 });

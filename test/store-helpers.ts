@@ -27,7 +27,12 @@ export class RedisServer {
   }
 
   static async start(t: TestContext, extra: string[] = []): Promise<RedisServer> {
-    const server = new RedisServer(await freePort(), tempDir("rmon-redis-"));
+    return RedisServer.startOn(t, await freePort(), extra);
+  }
+
+  /** On a port chosen beforehand (e.g. one a monitor already tries to reach). */
+  static async startOn(t: TestContext, port: number, extra: string[] = []): Promise<RedisServer> {
+    const server = new RedisServer(port, tempDir("rmon-redis-"));
     await server.launch(extra);
     t.after(() => server.stop("SIGKILL"));
     return server;
