@@ -12,6 +12,7 @@ import { createServer, connect } from "node:net";
 import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { cpuMicros, memInfo, median, nowNs, sleep, systemBusyMicros, type LatencySummary } from "./lib.ts";
+import { redisShape } from "./redis-shape.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const BENCH = join(ROOT, "bench");
@@ -796,12 +797,27 @@ async function main(): Promise<void> {
       }
     }
   }
-  const text = report(results, startups, bare, (nowNs() - t0) / 1e9);
+  let text = report(results, startups, bare, (nowNs() - t0) / 1e9);
+  let redisFaults = 0;
+  if (SHAPES_WANTED === "" || SHAPES_WANTED.split(",").includes("redis")) {
+    const redis = await redisShape(
+      {
+        startServer: (extraConfig) => startServer("monitor", BENCH_RETENTION, { extraConfig }),
+        stopServer,
+        child: (script) => new Child(script),
+        freePort,
+        nextTag: () => ++tagCounter,
+      },
+      { smoke: SMOKE, rounds: ROUNDS },
+    );
+    text += "\n" + redis.text;
+    redisFaults = redis.faults;
+  }
   if (OUT) writeFileSync(OUT, text);
   console.log(text);
   const monitorFaults = results.reduce(
     (a, r) => a + r.faults.lost + r.faults.reordered + r.faults.malformed + r.faults.badClose + r.idleFaults,
-    0,
+    redisFaults,
   );
   if (monitorFaults > 0) {
     console.error(`FAIL: ${monitorFaults} lost/reordered/malformed frames or unclean closes`);

@@ -6,7 +6,9 @@
 //                       msgs, bytes (kept), fin (1 after FINISHED); expires with the channel
 //   P s:<id>     stream the kept history, entry id "<offset>-1", field m = the JSON bytes
 //   P feed       stream every append and eviction, read by every monitor for live delivery;
-//                       capped near store.redis.feed_length
+//                       capped near store.redis.feed_length; a message's fields start with
+//                       n (the monitor that wrote it), so that the writer skips it cheaply,
+//                       other events' with x (what happened)
 //   P index      zset   channel -> when it expires (ms, Redis clock): retention.max_channels
 //   P sizes      hash   channel -> "msgs bytes": the totals of /metrics
 //   P totals     hash   msgs, bytes over all channels
@@ -96,7 +98,7 @@ for i = 10, #ARGV, 5 do
     redis.call('PEXPIRE', mkey, ittl)
     redis.call('PEXPIRE', skey, ittl)
     redis.call('ZADD', P .. 'index', s(now + ittl), c)
-    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'c', c, 'o', s(o), 'e', s(base), 'x', 'lost', 'l', lost, 'n', node)
+    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'x', 'lost', 'n', node, 'c', c, 'o', s(o), 'e', s(base), 'l', lost)
     if nxt > ceiling then ceiling = nxt end
     out[#out + 1] = {s(o), s(base), flags}
   else
@@ -119,7 +121,7 @@ for i = 10, #ARGV, 5 do
     redis.call('HSET', P .. 'sizes', c, msgs .. ' ' .. bytes)
     redis.call('HINCRBY', P .. 'totals', 'msgs', 1 - drop_msgs)
     redis.call('HINCRBY', P .. 'totals', 'bytes', #json - drop_bytes)
-    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'c', c, 'o', s(o), 'e', s(base), 'f', fin and '1' or '0', 'n', node, 'm', json)
+    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'n', node, 'c', c, 'o', s(o), 'e', s(base), 'f', fin and '1' or '0', 'm', json)
     if nxt > ceiling then ceiling = nxt end
     written[c] = true
     out[#out + 1] = {s(o), s(base), flags}
@@ -136,7 +138,7 @@ while over > 0 do
   if written[c] then from = from + 1 else
     redis.call('DEL', P .. 'm:' .. c, P .. 's:' .. c)
     forget(c)
-    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'c', c, 'x', 'evicted', 'n', node)
+    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'x', 'evicted', 'n', node, 'c', c)
     over = over - 1
   end
 end

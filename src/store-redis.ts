@@ -576,6 +576,8 @@ export class RedisStore implements ChannelStore {
   }
 
   private onFeed(fields: string[]): void {
+    // This node's own messages were delivered here already (see redis-scripts.ts).
+    if (fields[0] === "n" && fields[1] === this.node) return;
     const f: Record<string, string> = {};
     for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]] = fields[i + 1];
     const view = this.views.get(f.c);
@@ -588,10 +590,10 @@ export class RedisStore implements ChannelStore {
       this.hooks.dropped?.(view, "evicted");
       return;
     }
-    if (f.n === this.node) return;
     const entry: Entry = { offset: Number(f.o), json: f.m ?? "", fin: f.f === "1" };
     if (f.x === "lost") {
-      this.onLost(view, Number(f.e), entry.offset, Number(f.l));
+      // Our own drops were accounted for when they happened.
+      if (f.n !== this.node) this.onLost(view, Number(f.e), entry.offset, Number(f.l));
       return;
     }
     this.onEntry(view, Number(f.e), entry);
