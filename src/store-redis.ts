@@ -102,9 +102,6 @@ class View implements ChannelInfo {
     return this.epoch !== null && !this.stale && !this.resyncing && this.awaiting === 0;
   }
 
-  get waiting(): boolean {
-    return this.epoch === null && !this.resyncing;
-  }
 }
 
 export class RedisStore implements ChannelStore {
@@ -116,6 +113,7 @@ export class RedisStore implements ChannelStore {
   private readonly node = `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
   private readonly link: RedisLink;
   private readonly views = new Map<string, View>();
+  private waitingCount = 0;
   private queue: Pending[] = [];
   /** Drop markers still queued, by channel: further drops for it join them. */
   private readonly markers = new Map<string, Pending>();
@@ -165,9 +163,19 @@ export class RedisStore implements ChannelStore {
   }
 
   get waitingChannels(): number {
-    let n = 0;
-    for (const view of this.views.values()) if (view.waiting) n++;
-    return n;
+    return this.waitingCount;
+  }
+
+  /** Views whose channel has no known life: only browsers have asked for it (so far). */
+  private setEpoch(view: View, epoch: number | null): void {
+    if ((view.epoch === null) !== (epoch === null) && this.views.get(view.id) === view) this.waitingCount += epoch === null ? 1 : -1;
+    view.epoch = epoch;
+  }
+
+  private remove(view: View): void {
+    if (this.views.get(view.id) !== view) return;
+    this.views.delete(view.id);
+    if (view.epoch === null) this.waitingCount--;
   }
 
   health(): StoreHealth {
@@ -317,7 +325,7 @@ export class RedisStore implements ChannelStore {
       } else if (to !== null && !to.stale && !to.resyncing) {
         if (to.epoch === null || to.epoch === epoch) {
           if (to.epoch === null) {
-            to.epoch = epoch;
+            this.setEpoch(to, epoch);
             to.baseOffset = epoch;
             to.nextOffset = offset;
           }
@@ -364,6 +372,7 @@ export class RedisStore implements ChannelStore {
     if (view === undefined) {
       view = new View(id, performance.now());
       this.views.set(id, view);
+      this.waitingCount++;
     }
     view.joining.set(sub, after);
     if (!view.stale && !view.resyncing) this.join(view, sub);
@@ -416,7 +425,7 @@ export class RedisStore implements ChannelStore {
     }
     const base = Number(reply.base);
     if (view.epoch === null) {
-      view.epoch = base;
+      this.setEpoch(view, base);
       view.baseOffset = base;
       view.nextOffset = Number(reply.next);
       if (reply.fin) view.finishedAt = performance.now();
@@ -468,7 +477,7 @@ export class RedisStore implements ChannelStore {
   private forgetIfIdle(view: View): void {
     if (view.subs.size > 0 || view.joining.size > 0 || view.reads > 0 || view.resyncing) return;
     if (view.awaiting > 0 || view.unconfirmed.length > 0) return;
-    if (this.views.get(view.id) === view) this.views.delete(view.id);
+    this.remove(view);
   }
 
   /** Re-reads a view whose delivery cannot be vouched for, and brings every subscriber up to date. */
@@ -493,7 +502,7 @@ export class RedisStore implements ChannelStore {
     if (reply.base === undefined) {
       // The channel is gone from Redis: its subscribers wait for its next life.
       for (const sub of view.subs) if (sub.resumable) sub.gap(Number(reply.floor));
-      view.epoch = null;
+      this.setEpoch(view, null);
       view.held = [];
       view.ownDelivered.clear();
     } else {
@@ -508,7 +517,7 @@ export class RedisStore implements ChannelStore {
           if (!seen) sub.send(e.json, e.offset);
         }
       }
-      view.epoch = base;
+      this.setEpoch(view, base);
       view.baseOffset = base;
       view.nextOffset = Number(reply.next);
       view.ownDelivered.clear();
@@ -585,7 +594,7 @@ export class RedisStore implements ChannelStore {
     if (f.x === "evicted") {
       this.counters.evicted++;
       const subs = [...view.subs, ...view.joining.keys()];
-      this.views.delete(view.id);
+      this.remove(view);
       for (const sub of subs) sub.end(CLOSE.EVICTED);
       this.hooks.dropped?.(view, "evicted");
       return;
@@ -607,7 +616,7 @@ export class RedisStore implements ChannelStore {
     if (view.epoch === null) {
       // A channel only browsers had asked for has its first message.
       if (entry.offset !== epoch) return this.markStale(view);
-      view.epoch = epoch;
+      this.setEpoch(view, epoch);
       view.baseOffset = epoch;
       view.nextOffset = epoch;
     }
@@ -629,7 +638,7 @@ export class RedisStore implements ChannelStore {
     for (const view of [...this.views.values()]) {
       if (view.finishedAt !== 0 || view.lastActivity > idleBefore || view.resyncing || view.reads > 0) continue;
       this.counters.expired++;
-      this.views.delete(view.id);
+      this.remove(view);
       const subs = [...view.subs];
       view.subs.clear();
       for (const sub of subs) sub.end(CLOSE.EXPIRED);
@@ -666,6 +675,7 @@ export class RedisStore implements ChannelStore {
       for (const sub of subs) sub.end(close);
     }
     this.views.clear();
+    this.waitingCount = 0;
     this.wakeFeed?.();
     this.link.close();
   }
