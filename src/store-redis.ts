@@ -44,6 +44,8 @@ interface Pending {
   readonly expectEpoch: number;
   /** The view that waits for its reply to deliver it (it was not delivered at once). */
   readonly deliverTo: View | null;
+  /** Its legacy subscribers got it at once: the reply brings it to the resumable ones. */
+  readonly legacyHasIt: boolean;
   /** The view that delivered it at once (its reply confirms the offset). */
   readonly deliveredBy: View | null;
   /** A marker for this many messages dropped past max_pending (json is empty). */
@@ -83,11 +85,13 @@ class View implements ChannelInfo {
   unconfirmed: Entry[] = [];
   /** Own messages waiting for their reply to be delivered. */
   awaiting = 0;
+  /** Of those, the channel's first ones here, already delivered to legacy subscribers. */
+  provisional = 0;
   /** Delivery cannot be vouched for: re-read once nothing of ours is outstanding. */
   stale = false;
   resyncing = false;
-  /** Feed entries that came while the view was being re-read. */
-  held: Entry[] = [];
+  /** Feed entries (with the life they belong to) that came while the view was being re-read. */
+  held: { epoch: number; entry: Entry }[] = [];
   /** Messages were lost just before the next one: resumable subscribers are told with it. */
   gapAhead = false;
   /** Offsets (in the channel's current life) of messages already delivered here at once. */
@@ -220,15 +224,22 @@ export class RedisStore implements ChannelStore {
     }
     let item: Pending;
     if (view === undefined) {
-      item = { id, json, fin, expectOffset: -1, expectEpoch: -1, deliverTo: null, deliveredBy: null, lost: 0 };
+      item = { id, json, fin, expectOffset: -1, expectEpoch: -1, deliverTo: null, legacyHasIt: false, deliveredBy: null, lost: 0 };
     } else if (view.predicting) {
       const offset = view.nextOffset;
-      item = { id, json, fin, expectOffset: offset, expectEpoch: view.epoch!, deliverTo: null, deliveredBy: view, lost: 0 };
+      item = { id, json, fin, expectOffset: offset, expectEpoch: view.epoch!, deliverTo: null, legacyHasIt: false, deliveredBy: view, lost: 0 };
       view.unconfirmed.push({ offset, json, fin });
       this.deliver(view, { offset, json, fin });
+    } else if (view.provisional > 0 || (view.epoch === null && !view.stale && !view.resyncing)) {
+      // The channel's first messages here: Redis will say where its life starts. Legacy
+      // clients need no offset and get them at once; resumable ones with the reply.
+      view.awaiting++;
+      view.provisional++;
+      item = { id, json, fin, expectOffset: -1, expectEpoch: -1, deliverTo: view, legacyHasIt: true, deliveredBy: null, lost: 0 };
+      this.deliverToLegacy(view, json, fin);
     } else {
       view.awaiting++;
-      item = { id, json, fin, expectOffset: -1, expectEpoch: -1, deliverTo: view, deliveredBy: null, lost: 0 };
+      item = { id, json, fin, expectOffset: -1, expectEpoch: -1, deliverTo: view, legacyHasIt: false, deliveredBy: null, lost: 0 };
     }
     this.markers.delete(id);
     this.queue.push(item);
@@ -249,7 +260,7 @@ export class RedisStore implements ChannelStore {
       open.lost++;
     } else if (this.markers.size < Math.max(100, this.settings.redis.max_pending / 10)) {
       const marker: Pending = {
-        id, json: "", fin: false, lost: 1, deliverTo: null, deliveredBy: predicting ? view : null,
+        id, json: "", fin: false, lost: 1, deliverTo: null, legacyHasIt: false, deliveredBy: predicting ? view : null,
         expectOffset: predicting ? view.nextOffset : -1, expectEpoch: predicting ? view.epoch! : -1,
       };
       this.markers.set(id, marker);
@@ -317,6 +328,10 @@ export class RedisStore implements ChannelStore {
       }
       const to = live(item.deliverTo);
       if (item.deliverTo !== null) item.deliverTo.awaiting--;
+      if (item.legacyHasIt) {
+        item.deliverTo!.provisional--;
+        if (to !== null) to.ownDelivered.add(offset);
+      }
       if (item.lost > 0) {
         // A marker: nothing to deliver.
       } else if (flags & 2) {
@@ -325,11 +340,13 @@ export class RedisStore implements ChannelStore {
       } else if (to !== null && !to.stale && !to.resyncing) {
         if (to.epoch === null || to.epoch === epoch) {
           if (to.epoch === null) {
+            // The first message of the channel's life: anything before it (another node's)
+            // must come first, or the view is re-read.
             this.setEpoch(to, epoch);
             to.baseOffset = epoch;
-            to.nextOffset = offset;
+            to.nextOffset = epoch;
           }
-          if (offset === to.nextOffset) this.deliver(to, { offset, json: item.json, fin: item.fin });
+          if (offset === to.nextOffset) this.deliver(to, { offset, json: item.json, fin: item.fin }, item.legacyHasIt);
           else to.stale = true;
         } else {
           to.stale = true;
@@ -337,13 +354,35 @@ export class RedisStore implements ChannelStore {
       }
       if (flags & 4) this.hooks.truncated?.({ id: item.id, baseOffset: epoch, nextOffset: offset + 1, finishedAt: 0 });
       const view = this.views.get(item.id);
-      if (view !== undefined && view.stale && view.awaiting === 0 && view.unconfirmed.length === 0) this.resync(view);
+      if (view === undefined) continue;
+      if (view.stale && view.awaiting === 0 && view.unconfirmed.length === 0) this.resync(view);
+      else if (item.legacyHasIt && view.provisional === 0 && !view.stale && !view.resyncing) this.settled(view);
     }
   }
 
   // ---- delivery ----------------------------------------------------------------------------
 
-  private deliver(view: View, entry: Entry): void {
+  /** What waited for a view to know its channel's life (joiners, feed entries) goes on. */
+  private settled(view: View): void {
+    view.ownDelivered.clear();
+    this.releaseHeld(view);
+    for (const sub of [...view.joining.keys()]) this.join(view, sub);
+  }
+
+  /** A first message, before Redis has given it an offset: to the clients that need none. */
+  private deliverToLegacy(view: View, json: string, fin: boolean): void {
+    view.lastActivity = performance.now();
+    for (const sub of view.subs) if (!sub.resumable) sub.send(json, -1);
+    if (fin) {
+      for (const sub of [...view.subs]) {
+        if (sub.resumable) continue;
+        view.subs.delete(sub);
+        sub.end(CLOSE.FINISHED);
+      }
+    }
+  }
+
+  private deliver(view: View, entry: Entry, legacyHasIt = false): void {
     if (view.gapAhead) {
       // Resumable clients hear of a hole once, right before the first message after it.
       view.gapAhead = false;
@@ -352,7 +391,7 @@ export class RedisStore implements ChannelStore {
     view.nextOffset = entry.offset + 1;
     view.lastActivity = performance.now();
     if (view.reads > 0) view.recent.push(entry);
-    for (const sub of view.subs) sub.send(entry.json, entry.offset);
+    for (const sub of view.subs) if (!legacyHasIt || sub.resumable) sub.send(entry.json, entry.offset);
     if (entry.fin) {
       view.finishedAt = view.lastActivity;
       const subs = [...view.subs];
@@ -375,7 +414,7 @@ export class RedisStore implements ChannelStore {
       this.waitingCount++;
     }
     view.joining.set(sub, after);
-    if (!view.stale && !view.resyncing) this.join(view, sub);
+    if (!view.stale && !view.resyncing && view.provisional === 0) this.join(view, sub);
   }
 
   /** Reads the history for one joiner; it receives live messages from when the read is answered. */
@@ -390,7 +429,7 @@ export class RedisStore implements ChannelStore {
         setTimeout(() => view.joining.has(sub) && this.join(view, sub), 200).unref();
         return this.settle(view);
       }
-      if (view.stale || view.resyncing) return this.settle(view);
+      if (view.stale || view.resyncing || view.provisional > 0) return this.settle(view);
       view.joining.delete(sub);
       this.admit(view, sub, after, reply);
       this.settle(view);
@@ -513,7 +552,9 @@ export class RedisStore implements ChannelStore {
       for (const sub of view.subs) {
         if (sub.resumable && (newLife || first > view.nextOffset)) sub.gap(first);
         for (const e of entries) {
-          const seen = newLife ? !sub.resumable && view.ownDelivered.has(e.offset) : e.offset < view.nextOffset && !(sub.resumable && first > view.nextOffset);
+          const seen = !sub.resumable && view.ownDelivered.has(e.offset)
+            ? true
+            : !newLife && e.offset < view.nextOffset && !(sub.resumable && first > view.nextOffset);
           if (!seen) sub.send(e.json, e.offset);
         }
       }
@@ -537,7 +578,7 @@ export class RedisStore implements ChannelStore {
   private releaseHeld(view: View): void {
     const held = view.held;
     view.held = [];
-    for (const e of held) this.onEntry(view, view.epoch!, e);
+    for (const { epoch, entry } of held) this.onEntry(view, epoch, entry);
   }
 
   // ---- the shared feed ---------------------------------------------------------------------
@@ -609,8 +650,8 @@ export class RedisStore implements ChannelStore {
   }
 
   private onEntry(view: View, epoch: number, entry: Entry): void {
-    if (view.resyncing || view.stale) {
-      view.held.push(entry);
+    if (view.resyncing || view.stale || view.provisional > 0) {
+      view.held.push({ epoch, entry });
       return;
     }
     if (view.epoch === null) {

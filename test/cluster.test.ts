@@ -278,3 +278,30 @@ test("under Deno a monitor on the Redis store serves what a Node monitor took in
   assert.equal((await w.waitClose()).code, 1000);
   assert.equal(await deno.stop("SIGTERM"), 0);
 });
+
+test("a job's first messages reach legacy browsers waiting on the ingest node at once, even with Redis stopped; resumable ones once Redis has given the offsets", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b] = await nodes(t, redis, 2);
+  const legacy = await watch(t, a, "job_first");
+  const resumable = await watch(t, a, "job_first", true);
+  const elsewhere = await watch(t, b, "job_first");
+  await waitFigure(a.wsPort, "recodex_monitor_store_waiting_channels", (v) => v === 1);
+  await waitFigure(b.wsPort, "recodex_monitor_store_waiting_channels", (v) => v === 1);
+  redis.signal("SIGSTOP");
+  t.after(() => redis.signal("SIGCONT"));
+  const broker = await brokerTo(t, a);
+  await broker.send("job_first", "DOWNLOADED");
+  await broker.send("job_first", "STARTED");
+  assert.deepEqual(await legacy.waitMessages(2), ['{"command": "DOWNLOADED"}', '{"command": "STARTED"}']);
+  assert.equal(resumable.messages.length, 0, "no offset yet");
+  redis.signal("SIGCONT");
+  await broker.send("job_first", "FINISHED");
+  const got = unwrap(await resumable.waitMessages(3));
+  const first = (got[0] as { offset: number }).offset;
+  assert.deepEqual(got, ['{"command": "DOWNLOADED"}', '{"command": "STARTED"}', FINISHED].map((message, i) => ({ offset: first + i, message })));
+  for (const w of [legacy, elsewhere]) {
+    assert.deepEqual(await w.waitMessages(3), ['{"command": "DOWNLOADED"}', '{"command": "STARTED"}', FINISHED]);
+    assert.equal((await w.waitClose()).code, 1000);
+    assert.equal(w.messages.length, 3, "nothing twice");
+  }
+});
