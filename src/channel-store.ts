@@ -86,12 +86,14 @@ export interface MemoryStoreOptions {
   offsetFloor?: number;
   /** Where open() restores from and close() saves to. */
   persistence?: Persistence;
+  /** store.max_waiting_channels */
+  maxWaiting?: number;
 }
 
 /** The state file, as the store sees it. */
 export interface Persistence {
   load(limits: RetentionLimits): Promise<Snapshot | null>;
-  save(snapshot: Snapshot, deadlineMs: number): Promise<void>;
+  save(snapshot: Snapshot): Promise<void>;
 }
 
 export class ChannelStore implements Store {
@@ -124,14 +126,13 @@ export class ChannelStore implements Store {
     hooks: StoreHooks = {},
     now: () => number = () => performance.now(),
     options: MemoryStoreOptions = {},
-    maxWaiting = Number.MAX_SAFE_INTEGER,
   ) {
     this.limits = { ...limits };
     this.hooks = hooks;
     this.now = now;
     this.nextBase = options.offsetFloor ?? 0;
     this.persistence = options.persistence ?? null;
-    this.maxWaiting = maxWaiting;
+    this.maxWaiting = options.maxWaiting ?? Number.MAX_SAFE_INTEGER;
   }
 
   get size(): number {
@@ -153,10 +154,10 @@ export class ChannelStore implements Store {
   }
 
   /** Ends every subscriber, then saves what is kept (shutdown). */
-  async close(close: CloseReason, deadlineMs: number): Promise<void> {
+  async close(close: CloseReason): Promise<void> {
     const snapshot = this.persistence === null ? null : this.snapshot();
     this.clear(close);
-    if (snapshot !== null) await this.persistence!.save(snapshot, deadlineMs);
+    if (snapshot !== null) await this.persistence!.save(snapshot);
   }
 
   get(id: string): Channel | undefined {

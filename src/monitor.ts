@@ -191,11 +191,12 @@ export class Monitor {
 function createStore(config: Config, hooks: StoreHooks): ChannelStore {
   if (config.store.kind === "redis") return new RedisStore(config.retention, config.store, hooks);
   const path = config.store.state_file;
-  if (path === null) return new MemoryStore(config.retention, hooks, undefined, {}, config.store.max_waiting_channels);
+  const maxWaiting = config.store.max_waiting_channels;
+  if (path === null) return new MemoryStore(config.retention, hooks, undefined, { maxWaiting });
   // With a state file, offsets must never repeat across lives of the process: when nothing
   // is restored (a crash lost the state), new channels start above the wall clock's floor.
   const persistence = new StateFile(path, (level, line) => hooks.notice?.(level, line));
-  return new MemoryStore(config.retention, hooks, undefined, { offsetFloor: clockFloor(Date.now()), persistence }, config.store.max_waiting_channels);
+  return new MemoryStore(config.retention, hooks, undefined, { offsetFloor: clockFloor(Date.now()), persistence, maxWaiting });
 }
 
 export function loadTls(config: Config): TlsFiles | null {

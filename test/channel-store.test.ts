@@ -398,7 +398,7 @@ test("a client that was fully caught up on a dropped channel is told of the gap 
 function waitingSetup(limits: Partial<RetentionLimits>, maxWaiting: number) {
   const clock = new Clock();
   const refused: string[] = [];
-  const store = new ChannelStore({ ...LIMITS, ...limits }, { waitingRefused: (id) => refused.push(id) }, clock.now, {}, maxWaiting);
+  const store = new ChannelStore({ ...LIMITS, ...limits }, { waitingRefused: (id) => refused.push(id) }, clock.now, { maxWaiting });
   return { clock, store, refused };
 }
 
