@@ -72,62 +72,77 @@ local fttl, ittl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_msgs, max_bytes, max_channels, feed_len = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local now = now_ms()
 purge(now)
-local out, ceiling, written = {}, 0, {}
+-- Each channel's state is read once and written once per batch; per message only the two
+-- stream appends (its history, the feed) go to Redis.
+local ceiling = tonumber(redis.call('GET', P .. 'ceiling') or '0')
+local out, st, order = {}, {}, {}
+local function state(c)
+  local t = st[c]
+  if t then return t end
+  local m = redis.call('HMGET', P .. 'm:' .. c, 'base', 'next', 'first', 'msgs', 'bytes', 'fin')
+  if m[1] then
+    t = {base = tonumber(m[1]), nxt = tonumber(m[2]), first = tonumber(m[3]), msgs = tonumber(m[4]), bytes = tonumber(m[5]), fin = m[6] == '1'}
+  else
+    local base = math.max(now * 1000, ceiling + 1)
+    t = {base = base, nxt = base, first = base, msgs = 0, bytes = 0, fin = false}
+  end
+  t.msgs0, t.bytes0, t.touched = t.msgs, t.bytes, false
+  st[c] = t
+  order[#order + 1] = c
+  return t
+end
 for i = 10, #ARGV, 5 do
   local c, fin, json, want_o, want_e = ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  local mkey, skey = P .. 'm:' .. c, P .. 's:' .. c
-  local m = redis.call('HMGET', mkey, 'base', 'next', 'first', 'msgs', 'bytes', 'fin')
-  local base, nxt, first, msgs, bytes, flags
-  if m[1] then
-    base, nxt, first, msgs, bytes = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
-    flags = (want_e ~= -1 and (want_e ~= base or want_o ~= nxt)) and 1 or 0
-  else
-    base = floor_for_new_life(now)
-    nxt, first, msgs, bytes = base, base, 0, 0
-    flags = want_e ~= -1 and 1 or 0
-  end
+  local t = state(c)
+  local flags = (want_e ~= -1 and (want_e ~= t.base or want_o ~= t.nxt)) and 1 or 0
   local lost = string.byte(json, 1) == 0 and tonumber(string.sub(json, 2)) or nil
-  if m[6] == '1' then
-    out[#out + 1] = {'-1', s(base), flags + 2}
-  elseif lost then
-    -- Messages a monitor had to drop: their offsets are used up, so that every reader sees the hole.
-    local o = nxt
-    nxt = nxt + lost
-    if msgs == 0 then first = nxt end
-    redis.call('HSET', mkey, 'base', s(base), 'next', s(nxt), 'first', s(first), 'msgs', msgs, 'bytes', bytes, 'fin', '0')
-    redis.call('PEXPIRE', mkey, ittl)
-    redis.call('PEXPIRE', skey, ittl)
-    redis.call('ZADD', P .. 'index', s(now + ittl), c)
-    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'x', 'lost', 'n', node, 'c', c, 'o', s(o), 'e', s(base), 'l', lost)
-    if nxt > ceiling then ceiling = nxt end
-    out[#out + 1] = {s(o), s(base), flags}
+  if t.fin then
+    out[#out + 1] = {'-1', s(t.base), flags + 2}
   else
-    local o = nxt
-    redis.call('XADD', skey, s(o) .. '-1', 'm', json)
-    nxt, msgs, bytes = nxt + 1, msgs + 1, bytes + #json
-    local drop_msgs, drop_bytes = 0, 0
-    while msgs > 1 and (msgs > max_msgs or bytes > max_bytes) do
-      local oldest = redis.call('XRANGE', skey, '-', '+', 'COUNT', 1)[1]
-      redis.call('XDEL', skey, oldest[1])
-      msgs, bytes, first = msgs - 1, bytes - #oldest[2][2], first + 1
-      drop_msgs, drop_bytes = drop_msgs + 1, drop_bytes + #oldest[2][2]
+    local o = t.nxt
+    t.touched = true
+    if lost then
+      -- Messages a monitor had to drop: their offsets are used up, so that every reader sees the hole.
+      t.nxt = t.nxt + lost
+      if t.msgs == 0 then t.first = t.nxt end
+      redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'x', 'lost', 'n', node, 'c', c, 'o', s(o), 'e', s(t.base), 'l', lost)
+    else
+      local skey = P .. 's:' .. c
+      redis.call('XADD', skey, s(o) .. '-1', 'm', json)
+      t.nxt, t.msgs, t.bytes = t.nxt + 1, t.msgs + 1, t.bytes + #json
+      local dropped = false
+      while t.msgs > 1 and (t.msgs > max_msgs or t.bytes > max_bytes) do
+        local oldest = redis.call('XRANGE', skey, '-', '+', 'COUNT', 1)[1]
+        redis.call('XDEL', skey, oldest[1])
+        t.msgs, t.bytes, t.first = t.msgs - 1, t.bytes - #oldest[2][2], t.first + 1
+        dropped = true
+      end
+      if dropped then flags = flags + 4 end
+      if fin then t.fin = true end
+      redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'n', node, 'c', c, 'o', s(o), 'e', s(t.base), 'f', fin and '1' or '0', 'm', json)
     end
-    if drop_msgs > 0 then flags = flags + 4 end
-    local ttl = fin and fttl or ittl
-    redis.call('HSET', mkey, 'base', s(base), 'next', s(nxt), 'first', s(first), 'msgs', msgs, 'bytes', bytes, 'fin', fin and '1' or '0')
+    if t.nxt > ceiling then ceiling = t.nxt end
+    out[#out + 1] = {s(o), s(t.base), flags}
+  end
+end
+local d_msgs, d_bytes = 0, 0
+for _, c in ipairs(order) do
+  local t = st[c]
+  if t.touched then
+    local mkey, skey, ttl = P .. 'm:' .. c, P .. 's:' .. c, t.fin and fttl or ittl
+    redis.call('HSET', mkey, 'base', s(t.base), 'next', s(t.nxt), 'first', s(t.first), 'msgs', t.msgs, 'bytes', t.bytes, 'fin', t.fin and '1' or '0')
     redis.call('PEXPIRE', mkey, ttl)
     redis.call('PEXPIRE', skey, ttl)
     redis.call('ZADD', P .. 'index', s(now + ttl), c)
-    redis.call('HSET', P .. 'sizes', c, msgs .. ' ' .. bytes)
-    redis.call('HINCRBY', P .. 'totals', 'msgs', 1 - drop_msgs)
-    redis.call('HINCRBY', P .. 'totals', 'bytes', #json - drop_bytes)
-    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'n', node, 'c', c, 'o', s(o), 'e', s(base), 'f', fin and '1' or '0', 'm', json)
-    if nxt > ceiling then ceiling = nxt end
-    written[c] = true
-    out[#out + 1] = {s(o), s(base), flags}
+    redis.call('HSET', P .. 'sizes', c, t.msgs .. ' ' .. t.bytes)
+    d_msgs, d_bytes = d_msgs + t.msgs - t.msgs0, d_bytes + t.bytes - t.bytes0
   end
 end
-if ceiling > tonumber(redis.call('GET', P .. 'ceiling') or '0') then redis.call('SET', P .. 'ceiling', s(ceiling)) end
+if d_msgs ~= 0 or d_bytes ~= 0 then
+  redis.call('HINCRBY', P .. 'totals', 'msgs', d_msgs)
+  redis.call('HINCRBY', P .. 'totals', 'bytes', d_bytes)
+end
+redis.call('SET', P .. 'ceiling', s(ceiling))
 -- At max_channels, the channel closest to expiring goes (a finished one, else the least
 -- recently active), never one this batch wrote.
 local over = redis.call('ZCARD', P .. 'index') - max_channels
@@ -135,7 +150,7 @@ local from = 0
 while over > 0 do
   local c = redis.call('ZRANGE', P .. 'index', from, from)[1]
   if not c then break end
-  if written[c] then from = from + 1 else
+  if st[c] and st[c].touched then from = from + 1 else
     redis.call('DEL', P .. 'm:' .. c, P .. 's:' .. c)
     forget(c)
     redis.call('XADD', P .. 'feed', 'MAXLEN', '~', feed_len, '*', 'x', 'evicted', 'n', node, 'c', c)
