@@ -11,6 +11,8 @@ import { APPEND, READ, STATS } from "./redis-scripts.ts";
 type Client = RedisClientType<Record<string, never>, Record<string, never>, Record<string, never>, 2>;
 type Script = "append" | "read" | "stats";
 const SOURCES: Readonly<Record<Script, string>> = { append: APPEND, read: READ, stats: STATS };
+const FEED_BLOCK_MS = 1000;
+const FEED_COUNT = 1000;
 
 export interface LinkEvents {
   /** The command connection is up (first time or again). */
@@ -111,6 +113,12 @@ export class RedisLink {
   /** When each command in flight was sent (watchdog). */
   private readonly inFlight = new Set<{ since: number }>();
   private watchdog: ReturnType<typeof setInterval> | null = null;
+  /** The last feed entry read; null until the feed's end is known. */
+  private lastFeedId: string | null = null;
+  /** False when the next read must first check that lastFeedId is still in the feed. */
+  private feedChecked = true;
+  private wakeFeed: (() => void) | null = null;
+  private closed = false;
   up = false;
   downSince = performance.now();
   lastError = "not connected yet";
@@ -142,6 +150,8 @@ export class RedisLink {
   }
 
   close(): void {
+    this.closed = true;
+    this.wakeFeed?.();
     if (this.watchdog !== null) clearInterval(this.watchdog);
     this.commands.close();
     this.feed.close();
@@ -180,10 +190,53 @@ export class RedisLink {
   }
 
   /**
+   * Reads the feed from its end as it is now, in order, for as long as the link is open:
+   * `entry` gets each entry's fields. After a lost connection (or when recheckFeed() asks)
+   * the read first makes sure that its position is still in the feed; if it was trimmed
+   * away or the feed flushed, `lost` is called: entries may have been missed.
+   */
+  async follow(entry: (fields: string[]) => void, lost: () => void): Promise<void> {
+    while (!this.closed) {
+      if (!this.up) {
+        await new Promise<void>((r) => {
+          this.wakeFeed = r;
+          setTimeout(r, 1000).unref();
+        });
+        continue;
+      }
+      try {
+        if (this.lastFeedId === null) {
+          const last = (await this.command(["XREVRANGE", `${this.prefix}feed`, "+", "-", "COUNT", "1"])) as [string, string[]][];
+          this.lastFeedId = last.length > 0 ? last[0][0] : "0-0";
+          this.feedChecked = true;
+        }
+        if (!this.feedChecked) {
+          const id = this.lastFeedId;
+          const found = id === "0-0" ? [] : ((await this.command(["XRANGE", `${this.prefix}feed`, id, id])) as unknown[]);
+          this.feedChecked = true;
+          if (id !== "0-0" && found.length === 0) lost();
+        }
+        for (const [id, fields] of await this.readFeed(this.lastFeedId, FEED_BLOCK_MS, FEED_COUNT)) {
+          this.lastFeedId = id;
+          entry(fields);
+        }
+      } catch {
+        this.feedChecked = false;
+        if (!this.closed) await new Promise((r) => setTimeout(r, 100).unref());
+      }
+    }
+  }
+
+  /** The next feed read first checks its position (the store asks now and then: the feed is capped). */
+  recheckFeed(): void {
+    if (this.lastFeedId !== null) this.feedChecked = false;
+  }
+
+  /**
    * Blocks up to `blockMs` for feed entries after `lastId` on the feed connection.
    * Returns [id, fields][] (empty on timeout); throws when the connection is lost.
    */
-  async readFeed(lastId: string, blockMs: number, count: number): Promise<[string, string[]][]> {
+  private async readFeed(lastId: string, blockMs: number, count: number): Promise<[string, string[]][]> {
     const client = await this.feed.open();
     const deadline = setTimeout(() => this.feed.lose("feed read unanswered"), blockMs + this.timeoutMs);
     try {
@@ -210,6 +263,8 @@ export class RedisLink {
         this.shas.set(name, (await withTimeout(client.sendCommand(["SCRIPT", "LOAD", source]), this.timeoutMs, "SCRIPT LOAD unanswered")) as string);
       }
       this.up = true;
+      this.feedChecked = false;
+      this.wakeFeed?.();
       this.events.up();
     } catch (err) {
       if ((err as Error).message === "closed") return;

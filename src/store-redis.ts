@@ -1,20 +1,21 @@
 // The Redis store (store.kind: redis): history, offsets and retention live in Redis and are
 // shared by every monitor pointed at it; this process keeps only what delivery needs.
 //
-// - Ingest: a broker message goes into a bounded queue that one batch at a time writes to
-//   Redis in order (the APPEND script gives it its offset). Nothing here waits for Redis:
-//   past store.redis.max_pending, messages are dropped, counted, logged, and the channel's
-//   offsets skip them, so that resumable clients everywhere are told of the gap.
+// - Ingest: a broker message goes into the bounded ingest queue (redis-ingest.ts), which
+//   writes it to Redis in order; nothing here waits for Redis.
 // - Delivery: a view per channel that has subscribers on this node. Messages this node
 //   takes in reach its own subscribers at once (with the offset Redis is expected to give;
-//   if Redis gives another, the view is re-read and resumable clients told of the gap);
-//   messages other nodes took in come from the shared feed stream, in offset order. A view
+//   if Redis gives another, the view is re-read and resumable clients told of the gap; a
+//   channel's first messages reach legacy clients at once and resumable ones with the offset
+//   Redis gave); messages other nodes took in come from the shared feed (redis-link.ts
+//   follows it), in offset order. A view
 //   that cannot vouch for its order (a hole, another life of the channel, a lost feed
 //   position) is re-read from Redis before it delivers anything more.
 // - Late joiners and resumes read the channel's history from Redis (READ script).
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { CLOSE } from "./errors.ts";
+import { IngestQueue, type AppendResult, type Pending as Item } from "./redis-ingest.ts";
 import { RedisLink } from "./redis-link.ts";
 import {
   FINISHED_COMMAND,
@@ -30,27 +31,8 @@ import {
   type Subscriber,
 } from "./store-backend.ts";
 
-const BATCH_MESSAGES = 1000;
-const BATCH_BYTES = 1 << 20;
-const FEED_BLOCK_MS = 1000;
-const FEED_COUNT = 1000;
 
-interface Pending {
-  readonly id: string;
-  readonly json: string;
-  readonly fin: boolean;
-  /** The offset and epoch the local view gave it (-1: none; Redis decides). */
-  readonly expectOffset: number;
-  readonly expectEpoch: number;
-  /** The view that waits for its reply to deliver it (it was not delivered at once). */
-  readonly deliverTo: View | null;
-  /** Its legacy subscribers got it at once: the reply brings it to the resumable ones. */
-  readonly legacyHasIt: boolean;
-  /** The view that delivered it at once (its reply confirms the offset). */
-  readonly deliveredBy: View | null;
-  /** A marker for this many messages dropped past max_pending (json is empty). */
-  lost: number;
-}
+type Pending = Item<View>;
 
 interface Entry {
   readonly offset: number;
@@ -118,18 +100,9 @@ export class RedisStore implements ChannelStore {
   private readonly link: RedisLink;
   private readonly views = new Map<string, View>();
   private waitingCount = 0;
-  private queue: Pending[] = [];
-  /** Drop markers still queued, by channel: further drops for it join them. */
-  private readonly markers = new Map<string, Pending>();
-  private batch: { seq: number; items: Pending[]; args: string[] } | null = null;
-  private batchSent = false;
-  private seq = 0;
-  private lastFeedId: string | null = null;
-  private feedChecked = true;
+  private readonly ingest: IngestQueue<View>;
   private closing = false;
   private stats = { channels: 0, msgs: 0, bytes: 0 };
-  private wakeFeed: (() => void) | null = null;
-  private drained: (() => void) | null = null;
 
   constructor(limits: RetentionLimits, settings: StoreSettings, hooks: StoreHooks = {}) {
     this.limits = { ...limits };
@@ -138,16 +111,19 @@ export class RedisStore implements ChannelStore {
     this.link = new RedisLink(settings.redis.url, settings.redis.key_prefix, settings.redis.timeout * 1000, {
       up: () => {
         this.hooks.notice?.("info", `Redis ${redactUrl(settings.redis.url)} connected`);
-        this.feedChecked = false;
-        this.wakeFeed?.();
-        this.flush();
+        this.ingest.flush();
       },
       down: (reason) => {
         this.counters.reconnects++;
         this.hooks.notice?.("warning", `Redis link lost (${reason}): buffering broker messages (${this.pending} pending, at most store.redis.max_pending ${this.settings.redis.max_pending}); reconnecting`);
-        if (this.batch !== null) this.batchSent = false;
+        this.ingest.resend();
       },
     });
+    this.ingest = new IngestQueue<View>(this.link, this.node, () => {
+      const l = this.limits;
+      return [String(Math.round(l.finished_ttl * 1000)), String(Math.round(l.idle_ttl * 1000)), String(l.max_messages_per_channel),
+        String(l.max_bytes_per_channel), String(l.max_channels), String(this.settings.redis.feed_length)];
+    }, (items, results) => this.confirmed(items, results));
   }
 
   get size(): number {
@@ -163,7 +139,7 @@ export class RedisStore implements ChannelStore {
   }
 
   get pending(): number {
-    return this.queue.length + (this.batch?.items.length ?? 0);
+    return this.ingest.pending;
   }
 
   get waitingChannels(): number {
@@ -193,7 +169,10 @@ export class RedisStore implements ChannelStore {
     if (!this.link.up) {
       this.hooks.notice?.("warning", `Redis ${redactUrl(this.settings.redis.url)} not reachable yet (${this.link.lastError}): starting anyway, broker messages are buffered until it is`);
     }
-    void this.feedLoop();
+    void this.link.follow(
+      (fields) => this.onFeed(fields),
+      () => this.feedLost(),
+    );
   }
 
   setLimits(retention: RetentionLimits, store: StoreSettings): void {
@@ -241,30 +220,25 @@ export class RedisStore implements ChannelStore {
       view.awaiting++;
       item = { id, json, fin, expectOffset: -1, expectEpoch: -1, deliverTo: view, legacyHasIt: false, deliveredBy: null, lost: 0 };
     }
-    this.markers.delete(id);
-    this.queue.push(item);
-    this.flush();
+    this.ingest.push(item);
   }
 
   /**
-   * Past max_pending: the message is lost, but not silently. A marker (one per channel, however
-   * many messages it stands for) uses up their offsets in Redis, so that every node's
-   * resumable clients are told of the hole; this node's are told at once.
+   * Past max_pending: the message is lost, but not silently (see redis-ingest.ts); this
+   * node's resumable clients are told of the hole with the next message.
    */
   private drop(id: string, view: View | undefined): void {
     this.counters.pendingDropped++;
     this.hooks.notice?.("warning", `Redis store: ${this.pending} messages already waiting for Redis (store.redis.max_pending): a message for channel ${id.slice(0, 80)} dropped`);
-    const open = this.markers.get(id);
+    const open = this.ingest.openMarker(id);
     const predicting = view !== undefined && view.predicting;
     if (open !== undefined && (!predicting || open.expectOffset + open.lost === view.nextOffset)) {
       open.lost++;
-    } else if (this.markers.size < Math.max(100, this.settings.redis.max_pending / 10)) {
-      const marker: Pending = {
+    } else {
+      this.ingest.pushMarker({
         id, json: "", fin: false, lost: 1, deliverTo: null, legacyHasIt: false, deliveredBy: predicting ? view : null,
         expectOffset: predicting ? view.nextOffset : -1, expectEpoch: predicting ? view.epoch! : -1,
-      };
-      this.markers.set(id, marker);
-      this.queue.push(marker);
+      }, this.settings.redis.max_pending);
     }
     if (predicting) {
       view.nextOffset++;
@@ -272,46 +246,7 @@ export class RedisStore implements ChannelStore {
     }
   }
 
-  private flush(): void {
-    if (!this.link.up || (this.batch !== null && this.batchSent)) return;
-    if (this.batch === null) {
-      if (this.queue.length === 0) return;
-      const items: Pending[] = [];
-      let bytes = 0;
-      while (this.queue.length > 0 && items.length < BATCH_MESSAGES && bytes < BATCH_BYTES) {
-        const item = this.queue.shift()!;
-        if (this.markers.get(item.id) === item) this.markers.delete(item.id);
-        items.push(item);
-        bytes += item.json.length;
-      }
-      const l = this.limits;
-      const args = [this.node, String(++this.seq), String(Math.round(l.finished_ttl * 1000)), String(Math.round(l.idle_ttl * 1000)),
-        String(l.max_messages_per_channel), String(l.max_bytes_per_channel), String(l.max_channels), String(this.settings.redis.feed_length)];
-      for (const item of items) {
-        args.push(item.id, item.fin ? "1" : "0", item.lost > 0 ? `\u0000${item.lost}` : item.json, String(item.expectOffset), String(item.expectEpoch));
-      }
-      this.batch = { seq: this.seq, items, args };
-    }
-    const batch = this.batch;
-    this.batchSent = true;
-    this.link.run("append", batch.args).then(
-      (reply) => {
-        if (this.batch !== batch) return;
-        this.batch = null;
-        this.batchSent = false;
-        this.confirmed(batch.items, JSON.parse(reply) as [string, string, number][]);
-        this.flush();
-        if (this.pending === 0) this.drained?.();
-      },
-      () => {
-        // Sent again, with the same sequence number, once the link is back: the script
-        // answers a batch it has already applied with the result it gave the first time.
-        if (this.batch === batch) this.batchSent = false;
-      },
-    );
-  }
-
-  private confirmed(items: Pending[], results: [string, string, number][]): void {
+  private confirmed(items: Pending[], results: AppendResult[]): void {
     for (let i = 0; i < items.length; i++) {
       const item = items[i];
       const [o, e, flags] = results[i];
@@ -583,40 +518,8 @@ export class RedisStore implements ChannelStore {
 
   // ---- the shared feed ---------------------------------------------------------------------
 
-  private async feedLoop(): Promise<void> {
-    while (!this.closing) {
-      if (!this.link.up) {
-        await new Promise<void>((r) => {
-          this.wakeFeed = r;
-          setTimeout(r, 1000).unref();
-        });
-        continue;
-      }
-      try {
-        if (this.lastFeedId === null) {
-          const last = (await this.link.command(["XREVRANGE", this.key("feed"), "+", "-", "COUNT", "1"])) as [string, string[]][];
-          this.lastFeedId = last.length > 0 ? last[0][0] : "0-0";
-          this.feedChecked = true;
-        }
-        if (!this.feedChecked) await this.checkFeedPosition();
-        const entries = await this.link.readFeed(this.lastFeedId, FEED_BLOCK_MS, FEED_COUNT);
-        for (const [id, fields] of entries) {
-          this.lastFeedId = id;
-          this.onFeed(fields);
-        }
-      } catch {
-        this.feedChecked = false;
-        if (!this.closing) await new Promise((r) => setTimeout(r, 100).unref());
-      }
-    }
-  }
-
-  /** After a lost connection: if the feed no longer holds our position, every view is re-read. */
-  private async checkFeedPosition(): Promise<void> {
-    const id = this.lastFeedId!;
-    const found = id === "0-0" ? [] : ((await this.link.command(["XRANGE", this.key("feed"), id, id])) as unknown[]);
-    this.feedChecked = true;
-    if (id === "0-0" || found.length > 0) return;
+  /** The feed no longer holds this node's position: no view can vouch for what it missed. */
+  private feedLost(): void {
     for (const view of this.views.values()) if (view.epoch !== null) this.markStale(view);
   }
 
@@ -686,13 +589,13 @@ export class RedisStore implements ChannelStore {
       // A channel only browsers asked for was never one: nothing to report.
       if (view.epoch !== null) this.hooks.dropped?.(view, "idle");
     }
-    this.flush();
+    this.ingest.flush();
     if (this.link.up) {
       this.link.run("stats", []).then(
         (r) => (this.stats = JSON.parse(r) as typeof this.stats),
         () => {},
       );
-      if (this.feedChecked && this.lastFeedId !== null) this.feedChecked = false;
+      this.link.recheckFeed();
     }
   }
 
@@ -701,7 +604,7 @@ export class RedisStore implements ChannelStore {
     if (this.pending > 0) {
       let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
-        this.drained = resolve;
+        this.ingest.drained = resolve;
         timer = setTimeout(resolve, deadlineMs);
       });
       clearTimeout(timer);
@@ -717,12 +620,7 @@ export class RedisStore implements ChannelStore {
     }
     this.views.clear();
     this.waitingCount = 0;
-    this.wakeFeed?.();
     this.link.close();
-  }
-
-  private key(name: string): string {
-    return this.settings.redis.key_prefix + name;
   }
 }
 
