@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { RESUME_PROTOCOL as RESUME } from "../src/subscription.ts";
-import { Broker, Browser, httpGet, MAIN, ROOT, waitUntil, type MonitorProcess } from "./helpers.ts";
+import { Broker, Browser, httpGet, MAIN, ROOT, startMonitor, waitUntil, type MonitorProcess } from "./helpers.ts";
 import { figure, NO_REDIS, RedisServer, redisMonitor, unwrap, waitFigure } from "./store-helpers.ts";
 
 const options = { skip: NO_REDIS, timeout: 120_000 };
@@ -304,4 +304,49 @@ test("a job's first messages reach legacy browsers waiting on the ingest node at
     assert.equal((await w.waitClose()).code, 1000);
     assert.equal(w.messages.length, 3, "nothing twice");
   }
+});
+
+test("a resumable client that resumes on another node gets exactly what follows its offset", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b] = await nodes(t, redis, 2);
+  const broker = await brokerTo(t, a);
+  const first = await watch(t, a, "job_move", true);
+  await subscribedOn(a, 1);
+  for (let i = 0; i < 6; i++) await broker.send("job_move", "TASK", `t${i}`, "COMPLETED");
+  const got = unwrap(await first.waitMessages(6));
+  first.close();
+  const at = (got[2] as { offset: number }).offset;
+  const moved = await watch(t, b, "job_move", true, JSON.stringify({ channel: "job_move", after: at }));
+  assert.deepEqual(unwrap(await moved.waitMessages(3)), got.slice(3));
+  await broker.send("job_move", "FINISHED");
+  assert.deepEqual(unwrap(await moved.waitMessages(4))[3], { offset: at + 4, message: FINISHED });
+  assert.equal((await moved.waitClose()).code, 1000);
+});
+
+test("a channel idle for idle_ttl closes its subscribers on every node with 4000", options, async (t) => {
+  const redis = await RedisServer.start(t);
+  const [a, b] = await nodes(t, redis, 2, FAST, "retention:\n  idle_ttl: 1\n");
+  const broker = await brokerTo(t, a);
+  await broker.send("job_idle", "DOWNLOADED");
+  await waitFigure(a.wsPort, "recodex_monitor_messages_in_total", (v) => v === 1);
+  const onB = await watch(t, b, "job_idle");
+  await onB.waitMessages(1);
+  assert.equal((await onB.waitClose()).code, 4000);
+  assert.equal(await figure(b.wsPort, "recodex_monitor_channels_expired_total"), 1);
+});
+
+test("a Redis with a password: the URL's credentials are used and never shown in the log or /readyz", options, async (t) => {
+  const redis = await RedisServer.start(t, ["--requirepass", "s3cret-pw"]);
+  const m = await redisMonitor(t, redis);
+  // The helper's URL has no password: this monitor cannot write, and says why without a secret to hide.
+  await waitFigure(m.wsPort, "recodex_monitor_store_up", (v) => v === 0);
+  const good = await startMonitor({
+    extraYaml: `http:\n  enabled: true\nstore:\n  kind: redis\n  redis:\n    url: "redis://:s3cret-pw@127.0.0.1:${redis.port}/0"\n`,
+  });
+  t.after(() => good.stop("SIGKILL"));
+  await waitFigure(good.wsPort, "recodex_monitor_store_up", (v) => v === 1);
+  const ready = await httpGet(good.wsPort, "/readyz");
+  assert.equal(ready.status, 200);
+  assert.match(ready.body, /redis:\/\/:\*\*\*@127\.0\.0\.1/);
+  assert.doesNotMatch(good.output() + ready.body + m.output() + (await httpGet(m.wsPort, "/readyz")).body, /s3cret-pw/);
 });
