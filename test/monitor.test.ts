@@ -255,8 +255,9 @@ const FULL = Array.from({ length: 1500 }, (_, i) => task(`task-${i}`, "COMPLETED
 
 test("a full channel history (max_bytes_per_channel = max_buffered_bytes) replays completely to a new client", async (t) => {
   const s = await relay(t, { extraYaml: SMALL_BUFFER });
+  const live = await s.subscribe("full");
   for (let i = 0; i < FULL.length; i++) await s.broker.send("full", "TASK", `task-${i}`, "COMPLETED");
-  await s.settled();
+  await live.waitMessages(FULL.length);
   const kept = newestWithin(FULL, 65536);
   assert.ok(kept.join("").length > 60_000, "the history fills max_bytes_per_channel");
   const watcher = await s.subscribe("full");
@@ -265,8 +266,9 @@ test("a full channel history (max_bytes_per_channel = max_buffered_bytes) replay
 
 test("a resumable client gets a full channel history too (the offsets it adds must not overflow its buffer)", async (t) => {
   const s = await relay(t, { extraYaml: SMALL_BUFFER });
+  const live = await s.subscribe("full");
   for (let i = 0; i < FULL.length; i++) await s.broker.send("full", "TASK", `task-${i}`, "COMPLETED");
-  await s.settled();
+  await live.waitMessages(FULL.length);
   const kept = newestWithin(FULL, 65536);
   const watcher = await s.subscribe("full", { protocols: RESUME });
   assert.equal(watcher.ws.protocol, RESUME);

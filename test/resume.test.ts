@@ -51,7 +51,7 @@ test("a resumable client's first message may be JSON {\"channel\": ...} without 
   const s = await setup(t);
   await s.broker.send("job_j", "DOWNLOADED");
   await s.broker.send("job_j", "STARTED");
-  await s.settled();
+  await (await s.subscribe("job_j")).waitMessages(2);
   const r = await resume(s, "job_j", JSON.stringify({ channel: "job_j" }));
   assert.deepEqual(await r.waitMessages(2), [wrap(0, DOWNLOADED), wrap(1, STARTED)]);
   await s.broker.send("job_j", "FINISHED");
@@ -80,7 +80,7 @@ test("resuming after the last offset of a finished channel sends nothing and clo
   const s = await setup(t);
   await s.broker.send("job_done", "DOWNLOADED");
   await s.broker.send("job_done", "FINISHED");
-  await s.settled();
+  assert.deepEqual(await (await s.subscribe("job_done")).waitMessages(2), [DOWNLOADED, FINISHED]);
   const r = await resume(s, "job_done", JSON.stringify({ channel: "job_done", after: 1 }));
   assert.equal((await r.waitClose()).code, 1000);
   assert.deepEqual(r.messages, []);
@@ -88,8 +88,9 @@ test("resuming after the last offset of a finished channel sends nothing and clo
 
 test("resuming after an offset older than the kept history first signals the gap, then sends the kept messages", async (t) => {
   const s = await setup(t, "retention:\n  max_messages_per_channel: 3\n");
+  const live = await s.subscribe("job_trunc");
   for (let i = 0; i < 6; i++) await s.broker.send("job_trunc", "TASK", `t${i}`, "COMPLETED");
-  await s.settled();
+  await live.waitMessages(6);
   const l = await s.subscribe("job_trunc");
   assert.deepEqual(await l.waitMessages(3), [task(3), task(4), task(5)], "only the last 3 are kept");
   const r = await resume(s, "job_trunc", JSON.stringify({ channel: "job_trunc", after: 0 }));
@@ -100,8 +101,9 @@ test("resuming after an offset older than the kept history first signals the gap
 
 test("resuming right before the oldest kept message is not a gap", async (t) => {
   const s = await setup(t, "retention:\n  max_messages_per_channel: 3\n");
+  const live = await s.subscribe("job_edge");
   for (let i = 0; i < 6; i++) await s.broker.send("job_edge", "TASK", `t${i}`, "COMPLETED");
-  await s.settled();
+  await live.waitMessages(6);
   const r = await resume(s, "job_edge", JSON.stringify({ channel: "job_edge", after: 2 }));
   await s.broker.send("job_edge", "FINISHED");
   assert.deepEqual(await r.waitMessages(4), [wrap(3, task(3)), wrap(4, task(4)), wrap(5, task(5)), wrap(6, FINISHED)]);
@@ -123,7 +125,7 @@ test("resuming after an offset the channel never reached (e.g. the monitor resta
   const s = await setup(t);
   await s.broker.send("job_new", "DOWNLOADED");
   await s.broker.send("job_new", "STARTED");
-  await s.settled();
+  await (await s.subscribe("job_new")).waitMessages(2);
   const r = await resume(s, "job_new", JSON.stringify({ channel: "job_new", after: 10 }));
   assert.deepEqual(await r.waitMessages(3), [gap(0), wrap(0, DOWNLOADED), wrap(1, STARTED)]);
 });

@@ -78,7 +78,9 @@ export class Relay {
    * Resolves once the monitor has handled every message `broker` sent before: a sentinel
    * client gets a FINISHED sent after them on a channel of its own (ZeroMQ keeps one peer's
    * messages in order, and the monitor handles them one by one). That channel is kept like
-   * any finished job, so a test of channel counts or caps waits on what it counts instead.
+   * any finished job, and it may be created before channels that the earlier messages create
+   * (a subscription can overtake them): a test of offsets, channel counts or caps waits on
+   * its own channel's messages instead.
    */
   async settled(broker = this.broker): Promise<void> {
     const channel = `sentinel-${++this.sentinels}`;
