@@ -156,6 +156,17 @@ for (const out of Object.values(result.metafile.outputs)) {
   }
 }
 if (external.size) fail(`bundle still requires non-built-in modules: ${[...external].join(", ")}`);
+// which npm packages the bundle contains, for the packages' license documents
+const bundled = new Map();
+for (const input of Object.keys(result.metafile.inputs)) {
+  const m = input.match(/^node_modules\/((?:@[^/]+\/)?[^/]+)\//);
+  if (m === null || bundled.has(m[1])) continue;
+  const dir = path.join(root, "node_modules", m[1]);
+  const meta = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8"));
+  const licenseFile = fs.readdirSync(dir).find((f) => /^(licen[cs]e|copying)(\.(md|txt))?$/i.test(f));
+  bundled.set(m[1], { name: m[1], version: meta.version, license: meta.license, licenseFile: licenseFile && `node_modules/${m[1]}/${licenseFile}` });
+}
+fs.writeFileSync(path.join(work, "bundled-packages.json"), JSON.stringify([...bundled.values()].sort((a, b) => (a.name < b.name ? -1 : 1)), null, 2) + "\n");
 // the addon next to the bundle, for running the bundle with this machine's node
 fs.copyFileSync(addonOf("x64"), addonCopy);
 step(`bundle ${(fs.statSync(bundleFile).size / 1024).toFixed(0)} KiB -> ${path.relative(root, bundleFile)}`);
@@ -204,7 +215,7 @@ async function buildExecutable(arch) {
   fs.chmodSync(tmpOut, 0o755);
   if (!opts["no-strip"]) {
     step(`${arch}: ${strip} --strip-all (before injection)`);
-    run(strip, ["--strip-all", tmpOut], `${strip} (apt-get install ${stripPkg}, or pass --no-strip)`);
+    run(strip, ["--strip-all", "--remove-section=.comment", tmpOut], `${strip} (apt-get install ${stripPkg}, or pass --no-strip)`);
   }
   step(`${arch}: injecting blob with postject`);
   const { inject } = require("postject");
