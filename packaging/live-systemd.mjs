@@ -21,6 +21,7 @@ import net from "node:net";
 import path from "node:path";
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { JOB, openBroker, openClient, roundTrip, waitFor } from "./roundtrip.mjs";
 
@@ -36,7 +37,7 @@ const { values: opts } = parseArgs({
 });
 for (const k of ["leader", "root", "format", "package", "binary"]) if (!opts[k]) throw new Error(`--${k} is required`);
 const { leader, root, format } = opts;
-const here = path.dirname(new URL(import.meta.url).pathname);
+const here = path.dirname(fileURLToPath(import.meta.url));
 const UNIT = "recodex-monitor.service";
 const CONFIG = "/etc/recodex/monitor/config.yml";
 const WS = 4567;
@@ -140,6 +141,8 @@ step(`install: ${path.basename(opts.package)} -> enabled and running, ready befo
     ["active", "running", "enabled", "notify", "0", "success"],
   );
   await print("status", ["systemctl", "status", UNIT, "--no-pager", "--lines=5"]);
+  const exposure = (await inside(["systemd-analyze", "security", UNIT, "--no-pager"])).out.trim().split("\n").pop();
+  console.log(`systemd-analyze security: ${exposure}`);
   const check = await inside(["runuser", "-u", "recodex", "--", "recodex-monitor", "check", "-c", CONFIG]);
   assert.match(check.out, /^PASS /m);
   console.log(check.out.trim());

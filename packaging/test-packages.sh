@@ -141,11 +141,16 @@ boot() { # ROOT NAME: boots a copy of ROOT; sets NSPAWN (its pid) and LEADER (sy
         > "$WORK/console-$2.log" 2>&1 < /dev/null &
     NSPAWN=$!
     deadline=$(($(date +%s) + 60))
-    LEADER="" state=""
+    state=""
     while :; do
         [ "$(date +%s)" -lt "$deadline" ] || { cat "$WORK/console-$2.log"; fail "$2: systemd did not come up ($state)"; }
         kill -0 "$NSPAWN" 2>/dev/null || { cat "$WORK/console-$2.log"; fail "$2: systemd-nspawn exited"; }
-        [ -n "$LEADER" ] || LEADER=$(pgrep -P "$NSPAWN" | head -n1 || true)
+        # the container's PID 1: the child of systemd-nspawn that runs systemd (nspawn has
+        # short-lived helper children of its own while it sets the container up)
+        LEADER=""
+        for c in $(pgrep -P "$NSPAWN" || true); do
+            [ "$(cat "/proc/$c/comm" 2>/dev/null)" = systemd ] && LEADER=$c
+        done
         if [ -n "$LEADER" ]; then
             # --wait: returns once start-up has finished (no answer before the bus is up)
             state=$(nsenter -t "$LEADER" -a systemctl is-system-running --wait 2>/dev/null || true)
