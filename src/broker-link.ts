@@ -2,7 +2,7 @@
 // ("recodex-monitor"). Receives only; never waits for anything on the browser side.
 import * as zmq from "zeromq";
 import type { Address } from "./config.ts";
-import { MonitorError } from "./errors.ts";
+import { monitorError, reasonOf } from "./errors.ts";
 import { parseFrames, type ParsedFrames } from "./frames.ts";
 
 export const ROUTING_ID = "recodex-monitor";
@@ -57,11 +57,7 @@ export class BrokerLink {
       await this.socket.bind(endpoint);
     } catch (err) {
       this.socket.close();
-      const e = err as Error & { code?: string };
-      throw new MonitorError(
-        "RMON_ERR_BIND",
-        `cannot bind ZeroMQ socket to ${endpoint} (zeromq_uri): ${e.code ?? ""} ${e.message}`.replace(/\s+/g, " "),
-      );
+      throw monitorError("RMON_ERR_BIND", { what: "the broker (ZeroMQ)", address: endpoint, key: "zeromq_uri", reason: reasonOf(err) });
     }
     this.endpoint = this.socket.lastEndpoint ?? endpoint;
     void this.watchPeers();

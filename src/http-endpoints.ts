@@ -3,7 +3,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Counter, Gauge, Registry } from "prom-client";
 import type { Address } from "./config.ts";
-import { MonitorError } from "./errors.ts";
+import { listenOn } from "./web-server.ts";
 import type { Monitor } from "./monitor.ts";
 
 export class HttpEndpoints {
@@ -36,18 +36,10 @@ export class HttpEndpoints {
     }
   };
 
-  async listen([host, port]: Address): Promise<void> {
+  async listen(address: Address): Promise<void> {
     const server = createServer(this.handler);
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", (err: Error & { code?: string }) =>
-        reject(new MonitorError("RMON_ERR_BIND", `cannot listen for HTTP on ${host || "*"}:${port} (http.uri): ${err.code ?? err.message}`)),
-      );
-      if (host === "") server.listen(port, () => resolve());
-      else server.listen(port, host, () => resolve());
-    });
-    const addr = server.address();
-    this.port = typeof addr === "object" && addr !== null ? addr.port : port;
+    this.port = await listenOn(server, address, "HTTP", "http.uri");
   }
 
   async close(): Promise<void> {

@@ -6,7 +6,7 @@ import { basename, dirname } from "node:path";
 import { createStream, type RotatingFileStream } from "rotating-file-stream";
 import { Logger as TsLogger, type ILogObj } from "tslog";
 import type { LogLevelName } from "./config.ts";
-import { MonitorError } from "./errors.ts";
+import { monitorError, reasonOf } from "./errors.ts";
 
 // tslog's numeric levels: 2 debug, 3 info, 4 warn, 5 error, 6 fatal.
 const TSLOG_LEVEL: Readonly<Record<LogLevelName, number>> = Object.freeze({
@@ -140,10 +140,7 @@ function openRotating(options: LoggerOptions): RotatingFileStream {
     mkdirSync(dirname(file), { recursive: true });
     closeSync(openSync(file, "a"));
   } catch (err) {
-    throw new MonitorError(
-      "RMON_ERR_LOG_FILE",
-      `log file ${file} cannot be opened for writing: ${(err as Error).message} (set logger.file to a writable path, or "-" for stderr)`,
-    );
+    throw monitorError("RMON_ERR_LOG_FILE", { path: file, reason: reasonOf(err) });
   }
   const name = basename(file);
   const stream = createStream((index: number | Date | null) => (index ? `${name}.${String(index)}` : name), {

@@ -4,8 +4,8 @@ import { readFileSync } from "node:fs";
 import { BrokerLink } from "./broker-link.ts";
 import { BrowserGateway, type TlsFiles } from "./browser-gateway.ts";
 import { ChannelStore } from "./channel-store.ts";
-import type { Config } from "./config.ts";
-import { CLOSE, MonitorError } from "./errors.ts";
+import { combine, LOG_LEVELS, valueAt, type Config } from "./config.ts";
+import { CLOSE, monitorError, reasonOf } from "./errors.ts";
 import type { HttpEndpoints } from "./http-endpoints.ts";
 import { WarnLimiter, type Log } from "./logger.ts";
 
@@ -122,51 +122,26 @@ export class Monitor {
   }
 
   /**
-   * Applies what can change safely while running and logs what changed. All or nothing:
-   * anything that can fail (reading the TLS files) happens before the first change.
+   * Applies the keys declared "live" (config.ts) and keeps the running value of the others,
+   * naming each change in one log line. All or nothing: anything that can fail (reading the
+   * TLS files) happens before the first change.
    */
   reload(next: Config): void {
-    const changes: string[] = [];
     const prev = this.config;
-    const note = (key: string, a: unknown, b: unknown) => {
-      if (JSON.stringify(a) !== JSON.stringify(b)) changes.push(`${key}: ${JSON.stringify(a)} -> ${JSON.stringify(b)}`);
-    };
-    note("logger.level", prev.logger.level, next.logger.level);
-    for (const section of ["retention", "limits", "keepalive", "access", "broker"] as const) {
-      for (const key of Object.keys(next[section]) as (keyof (typeof next)[typeof section])[]) {
-        note(`${section}.${String(key)}`, prev[section][key], next[section][key]);
-      }
-    }
-    const fixed: string[] = [];
-    const needsRestart = (key: string, a: unknown, b: unknown) => {
-      if (JSON.stringify(a) !== JSON.stringify(b)) fixed.push(key);
-    };
-    needsRestart("websocket_uri", prev.websocket_uri, next.websocket_uri);
-    needsRestart("zeromq_uri", prev.zeromq_uri, next.zeromq_uri);
-    needsRestart("logger.file", prev.logger.file, next.logger.file);
-    needsRestart("logger.max-size", prev.logger["max-size"], next.logger["max-size"]);
-    needsRestart("logger.rotations", prev.logger.rotations, next.logger.rotations);
-    needsRestart("websocket.permessage_deflate", prev.websocket.permessage_deflate, next.websocket.permessage_deflate);
-    needsRestart("websocket.resumable", prev.websocket.resumable, next.websocket.resumable);
-    needsRestart("http", prev.http, next.http);
+    const changes: string[] = [];
+    const kept: string[] = [];
     // TLS can be re-keyed but not switched on or off: a running wss server stays one.
-    const tlsPaths = this.gateway.tls === (next.websocket.tls_cert !== null) ? next.websocket : prev.websocket;
-    if (tlsPaths !== next.websocket) fixed.push("websocket.tls_cert");
-
-    const merged: Config = {
-      ...next,
-      websocket_uri: prev.websocket_uri,
-      zeromq_uri: prev.zeromq_uri,
-      logger: { ...next.logger, file: prev.logger.file, "max-size": prev.logger["max-size"], rotations: prev.logger.rotations },
-      websocket: {
-        ...next.websocket,
-        permessage_deflate: prev.websocket.permessage_deflate,
-        resumable: prev.websocket.resumable,
-        tls_cert: tlsPaths.tls_cert,
-        tls_key: tlsPaths.tls_key,
-      },
-      http: prev.http,
-    };
+    const tlsSwitched = this.gateway.tls !== (next.websocket.tls_cert !== null);
+    const merged = combine(prev, next, (path, key) => {
+      const [a, b] = [JSON.stringify(valueAt(prev, path)), JSON.stringify(valueAt(next, path))];
+      if (a === b) return "b";
+      if (key.reload === "restart" || (tlsSwitched && path.startsWith("websocket.tls_"))) {
+        kept.push(`${path} changed but needs a restart: kept the running value`);
+        return "a";
+      }
+      changes.push(`${path}: ${a} -> ${b}`);
+      return "b";
+    });
     if (this.gateway.tls) {
       this.gateway.reloadTls(loadTls(merged) as TlsFiles);
       changes.push("TLS certificate and key re-read");
@@ -176,11 +151,10 @@ export class Monitor {
     this.broker.setLimits(merged.limits.max_channel_id_length, merged.retention.max_bytes_per_channel);
     this.gateway.setSettings(merged);
     if (this.sweepTimer !== null) this.startSweep();
-    for (const key of fixed) changes.push(`${key} changed but needs a restart: kept the running value`);
+    changes.push(...kept);
     // The line is written at the more verbose of the two levels, so that turning the level
     // up does not hide the news that it was turned up.
-    const levels = ["debug", "info", "warning", "error", "critical"];
-    const verbose = levels.indexOf(prev.logger.level) < levels.indexOf(merged.logger.level) ? prev.logger.level : merged.logger.level;
+    const verbose = LOG_LEVELS.indexOf(prev.logger.level) < LOG_LEVELS.indexOf(merged.logger.level) ? prev.logger.level : merged.logger.level;
     this.log.setLevel(verbose === "debug" ? "debug" : "info");
     this.log.info(changes.length > 0 ? `configuration reloaded: ${changes.join("; ")}` : "configuration reloaded: nothing changed");
     this.log.setLevel(merged.logger.level);
@@ -190,6 +164,7 @@ export class Monitor {
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.sweepTimer = setInterval(() => {
       this.store.sweep();
+      this.gateway.sweep();
       this.warnLimiter.flush();
     }, this.store.sweepInterval());
     this.sweepTimer.unref();
@@ -203,8 +178,8 @@ export function loadTls(config: Config): TlsFiles | null {
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new MonitorError("RMON_ERR_TLS", `TLS ${what} ${path} cannot be read: ${(err as Error).message}`);
+      throw monitorError("RMON_ERR_TLS", { what: `${what} ${path}`, reason: `cannot be read: ${reasonOf(err)}` });
     }
   };
-  return { cert: read(cert, "certificate (websocket.tls_cert)"), key: read(key, "key (websocket.tls_key)") };
+  return { cert: read(cert, "certificate"), key: read(key, "key") };
 }

@@ -21,7 +21,7 @@ import {
 
 export { httpGet, parseMetrics, type HttpReply } from "./helpers.ts";
 
-export { RESUME_PROTOCOL as RESUME } from "../src/browser-gateway.ts";
+export { RESUME_PROTOCOL as RESUME } from "../src/subscription.ts";
 
 /**
  * startMonitor() that retries when a port picked by freePort() was taken in between

@@ -131,7 +131,7 @@ export async function startMonitor(options: StartOptions = {}): Promise<MonitorP
       return code;
     },
   };
-  if (options.waitReady !== false) await waitFor(/ready/);
+  if (options.waitReady !== false) await waitFor(/recodex-monitor ready/);
   return proc;
 }
 
