@@ -395,10 +395,13 @@ function renderManPage() {
   const readme = fs.readFileSync(P("README.md"), "utf8");
   const date = new Date(epoch * 1000).toISOString().slice(0, 10);
   const keys = markdownTable(readme, ["key", "default", "meaning"])
-    .map(([k, d, m]) => `.TP\n${roffInline(k)}\n${roffInline(m)} (default: ${roffInline(d)})`)
+    .map((r) => {
+      const reload = r.SIGHUP === undefined ? "" : r.SIGHUP === "applied" ? "; SIGHUP applies a change" : `; a change needs a ${r.SIGHUP}`;
+      return `.TP\n${roffInline(r.key)}\n${roffInline(r.meaning)} (default: ${roffInline(r.default)}${roffInline(reload)})`;
+    })
     .join("\n");
   const exits = markdownTable(readme, ["exit code", "meaning"])
-    .map(([c, m]) => `.TP\n.B ${c}\n${roffInline(m)}`)
+    .map((r) => `.TP\n.B ${r["exit code"]}\n${roffInline(r.meaning)}`)
     .join("\n");
   return fs
     .readFileSync(path.join(here, `${NAME}.1.in`), "utf8")
@@ -408,16 +411,22 @@ function renderManPage() {
     .replace("@EXIT_CODES@", exits);
 }
 
-/** The body rows of the README table whose header row has exactly these cells. */
-function markdownTable(md, header) {
+/** The body rows, as objects by column name, of the README table whose header starts
+ *  with columns[0] and has all of `columns`. */
+function markdownTable(md, columns) {
   const lines = md.split("\n");
   const cells = (l) => l.trim().replace(/^\||\|$/g, "").split(/(?<!\\)\|/).map((c) => c.trim());
-  const start = lines.findIndex((l) => l.startsWith("|") && JSON.stringify(cells(l)) === JSON.stringify(header));
-  if (start < 0) fail(`README.md has no table | ${header.join(" | ")} | for the man page`);
+  const start = lines.findIndex((l) => {
+    const h = l.startsWith("|") ? cells(l) : [];
+    return h[0] === columns[0] && columns.every((c) => h.includes(c));
+  });
+  if (start < 0) fail(`README.md has no table with the columns ${columns.join(", ")} for the man page`);
+  const header = cells(lines[start]);
   const rows = [];
   for (const l of lines.slice(start + 2)) {
     if (!l.startsWith("|")) break;
-    rows.push(cells(l));
+    const row = cells(l);
+    rows.push(Object.fromEntries(header.map((h, i) => [h, row[i]])));
   }
   return rows;
 }
