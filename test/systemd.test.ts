@@ -9,7 +9,10 @@ import { spawn, spawnSync } from "node:child_process";
 import { closeSync, fstatSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { Broker, Browser, freePort, MAIN, startMonitor, tempDir, waitUntil } from "./helpers.ts";
+import { Broker } from "./helpers/broker.ts";
+import { Browser } from "./helpers/browser.ts";
+import { MAIN, startMonitor, tempDir } from "./helpers/monitor-process.ts";
+import { waitUntil } from "./helpers/wait.ts";
 
 const haveNotify = spawnSync("systemd-notify", ["--help"]).status === 0;
 
@@ -41,7 +44,7 @@ test("under $NOTIFY_SOCKET the monitor sends READY=1 through systemd-notify once
     received += d.toString();
     if (/datagram READY=1/.test(received)) for (const f of onReady.splice(0)) f();
   });
-  await waitUntil(() => received.includes("listening"), 10_000, "the notify socket");
+  await waitUntil(() => received.includes("listening"), "the notify socket");
 
   const m = await startMonitor({ waitReady: false, env: { ...process.env, NOTIFY_SOCKET: socketPath } });
   t.after(() => m.stop("SIGKILL"));
@@ -66,7 +69,7 @@ test("a notification that fails is a warning: the monitor keeps relaying", { ski
   const broker = await Broker.connect(m.zmqPort);
   t.after(() => broker.close());
   await broker.send("job1", "FINISHED");
-  assert.deepEqual((await browser.waitMessages(1)).map((j) => JSON.parse(j)), [{ command: "FINISHED" }]);
+  assert.deepEqual((await browser.waitMessages(1)).map((j: string) => JSON.parse(j)), [{ command: "FINISHED" }]);
   assert.equal(await m.stop(), 0);
 });
 
@@ -79,7 +82,7 @@ async function runOnStream(journalStream: (file: string) => string | null): Prom
   const fd = openSync(logFile, "w");
   writeFileSync(
     config,
-    `websocket_uri: ["127.0.0.1", ${await freePort()}]\nzeromq_uri: ["127.0.0.1", ${await freePort()}]\n` +
+    `websocket_uri: ["127.0.0.1", 0]\nzeromq_uri: ["127.0.0.1", 0]\n` +
       `logger:\n  file: "-"\n  level: info\nno_such_key: 1\n`,
   );
   const stream = journalStream(logFile);
@@ -90,7 +93,7 @@ async function runOnStream(journalStream: (file: string) => string | null): Prom
   closeSync(fd);
   const exited = new Promise<number | string>((resolve) => child.on("exit", (c, s) => resolve(c ?? s ?? "?")));
   try {
-    await waitUntil(() => readFileSync(logFile, "utf8").includes("ready"), 15_000, () => `the ready line in ${readFileSync(logFile, "utf8")}`);
+    await waitUntil(() => readFileSync(logFile, "utf8").includes("recodex-monitor ready"), () => `the ready line in ${readFileSync(logFile, "utf8")}`, 30_000);
   } finally {
     child.kill("SIGTERM");
   }
