@@ -52,7 +52,8 @@ test("under $NOTIFY_SOCKET the monitor sends READY=1 through systemd-notify once
     const timer = setTimeout(() => reject(new Error(`no READY=1; receiver got ${JSON.stringify(received)}; monitor:\n${m.output()}`)), 15_000);
     onReady.push(() => {
       clearTimeout(timer);
-      void Promise.all([acceptsNow(m.wsPort), acceptsNow(m.zmqPort)]).then(resolve);
+      // The ready line (which names the ports bound at 0) is written before the notification.
+      void m.ready().then(() => Promise.all([acceptsNow(m.wsPort), acceptsNow(m.zmqPort)])).then(resolve, reject);
     });
   });
   assert.deepEqual(ports, [true, true], "a port did not accept when READY=1 arrived");
