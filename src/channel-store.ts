@@ -93,6 +93,8 @@ export interface MemoryStoreOptions {
 /** The state file, as the store sees it. */
 export interface Persistence {
   load(limits: RetentionLimits): Promise<Snapshot | null>;
+  /** What load() gave back and the store kept (the operator hears of it). */
+  restored(channels: number, messages: number, dropped: number): void;
   save(snapshot: Snapshot): Promise<void>;
 }
 
@@ -150,7 +152,9 @@ export class ChannelStore implements Store {
   /** Restores the state file, if there is one and it is sound; the rest of the start waits for it. */
   async open(): Promise<void> {
     const snapshot = await this.persistence?.load(this.limits);
-    if (snapshot) this.restore(snapshot);
+    if (!snapshot) return;
+    const { restored, dropped } = this.restore(snapshot);
+    this.persistence!.restored(restored, this.totalMessages, dropped);
   }
 
   /** Ends every subscriber, then saves what is kept (shutdown). */

@@ -74,9 +74,14 @@ const address: Check<Address> = (v) => {
   return { ok: true, value: [host, port] };
 };
 
+// A local Redis is often reached over its unix socket: node-redis reads
+// unix://[user[:password]@]/path/to/socket[?db=N] (the WHATWG URL parser cannot).
+const UNIX_REDIS_URL = /^unix:\/\/(?:[^:@/]*(?::[^@/]*)?@)?\/[^?#]+(?:\?db=\d+)?$/;
+
 const redisUrl: Check<string> = (v) => {
-  const expected = "a redis:// or rediss:// URL (redis://[user:password@]host:port/db)";
+  const expected = "a redis://, rediss:// or unix:// URL (redis://[user:password@]host:port/db, unix:///path/to/socket?db=N)";
   if (typeof v !== "string") return { ok: false, expected };
+  if (v.startsWith("unix:")) return UNIX_REDIS_URL.test(v) ? { ok: true, value: v } : { ok: false, expected };
   try {
     const url = new URL(v);
     const db = url.pathname.replace(/^\//, "");
@@ -148,7 +153,7 @@ export const DECLARATION = Object.freeze({
     max_waiting_channels: new Key(10_000, integer(1), LIVE,
       "channels that only browsers have asked for (no broker message yet); they count against no `retention.*` cap and vanish with their subscribers; past it, a subscription to one more is closed with 4001"),
     redis: {
-      url: new Key("redis://127.0.0.1:6379/0", redisUrl, RESTART, "`redis://[user:password@]host:port/db`, `rediss://` for TLS"),
+      url: new Key("redis://127.0.0.1:6379/0", redisUrl, RESTART, "`redis://[user:password@]host:port/db`, `rediss://` for TLS, `unix:///path/to/socket?db=N` for a local socket"),
       key_prefix: new Key("recodex-monitor:", text, RESTART, "every key this monitor writes starts with it; monitors that share channels share the prefix"),
       max_pending: new Key(100_000, integer(1), LIVE,
         "messages held while Redis is unreachable or slow, written in order when it is back; past it they are dropped, counted and logged, and resumable clients told of the gap"),

@@ -31,6 +31,8 @@ class Connection {
   timeoutMs: number;
   /** Called once per client when it is lost. */
   onLost: (reason: string) => void = () => {};
+  /** Called when an attempt to connect fails (a refused connection, a wrong password). */
+  onFailed: (reason: string) => void = () => {};
   private lastFailure: string | null = null;
 
   constructor(url: string, name: string, timeoutMs: number) {
@@ -80,6 +82,10 @@ class Connection {
         url: this.url,
         name: this.name,
         disableOfflineQueue: true,
+        // Redis Enterprise's connection handoff: this link makes its connections anew itself,
+        // and the feature's handshake reads the URL with WHATWG URL, which refuses
+        // unix://user:password@/path.
+        maintNotifications: "disabled",
         socket: { reconnectStrategy: false, connectTimeout: this.timeoutMs },
       }) as unknown as Client;
       client.on("error", (err: Error) => {
@@ -98,6 +104,7 @@ class Connection {
       } catch (err) {
         client.destroy();
         if (this.closed) throw err;
+        this.onFailed(reasonOf(err));
         await new Promise((r) => setTimeout(r, Math.min(2000, 50 * 2 ** retries++)));
       }
     }
@@ -129,6 +136,8 @@ export class RedisLink {
     this.commands = new Connection(url, "recodex-monitor", timeoutMs);
     this.feed = new Connection(url, "recodex-monitor-feed", timeoutMs);
     this.commands.onLost = (reason) => this.lost(reason);
+    // Why it cannot connect is what /readyz and the log say while it is down.
+    this.commands.onFailed = (reason) => (this.lastError = reason);
     this.feed.onLost = () => {};
   }
 

@@ -63,6 +63,11 @@ export class StateFile implements Persistence {
     }
   }
 
+  restored(channels: number, messages: number, dropped: number): void {
+    const expired = dropped > 0 ? `; ${dropped} dropped (their ttl ran out while the monitor was down, or past the retention caps)` : "";
+    this.notice("info", `state file ${this.path} restored: ${channels} channels, ${messages} messages${expired}`);
+  }
+
   /** Writes the snapshot atomically; a failure is logged, never thrown (the stop goes on). */
   async save(snapshot: Snapshot): Promise<void> {
     const tmp = `${this.path}.tmp-${process.pid}`;

@@ -626,6 +626,7 @@ export class RedisStore implements ChannelStore {
 
 /** The URL without its password, for logs and /readyz. */
 export function redactUrl(url: string): string {
+  if (url.startsWith("unix:")) return url.replace(/^(unix:\/\/[^:@/]*:)[^@/]+@/, "$1***@");
   try {
     const u = new URL(url);
     if (u.password !== "") u.password = "***";

@@ -2,65 +2,58 @@
 // push real channels out. Reproduces the attack that closed every watcher with 4001
 // (max_channels 50, 40 real channels with watchers, 60 subscriptions to made-up ids), on
 // the memory store and, when redis-server is installed, on the Redis store.
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Broker, Browser, startMonitor, type MonitorProcess } from "./helpers.ts";
-import { figure, NO_REDIS, RedisServer, redisMonitor, waitFigure } from "./store-helpers.ts";
+import { Browser } from "./helpers/browser.ts";
+import { metric, waitMetric } from "./helpers/http.ts";
+import { NO_REDIS, RedisServer, REDIS_PREFIX, redisRelay } from "./helpers/redis.ts";
+import { relay, type Relay } from "./helpers/relay.ts";
 
 const DOWNLOADED = '{"command": "DOWNLOADED"}';
 const FINISHED = '{"command": "FINISHED"}';
 const RETENTION = "retention:\n  max_channels: 50\n";
 
-async function attack(t: TestContext, m: MonitorProcess, attackers: number): Promise<{ refused: number }> {
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
+async function attack(s: Relay, attackers: number): Promise<void> {
+  const port = s.monitor.wsPort;
   const real = Array.from({ length: 40 }, (_, i) => `student_real_${i}`);
-  for (const id of real) await broker.send(id, "DOWNLOADED");
+  for (const id of real) await s.broker.send(id, "DOWNLOADED");
   const watchers: Browser[] = [];
-  t.after(() => watchers.forEach((w) => w.close()));
   for (const id of real) {
-    const w = await Browser.open(m.wsPort, id);
+    const w = await s.subscribe(id);
     watchers.push(w);
     await w.waitMessages(1);
   }
-  const evil: Browser[] = [];
-  t.after(() => evil.forEach((b) => b.close()));
-  for (let i = 0; i < attackers; i++) evil.push(await Browser.open(m.wsPort, `made_up_${i}`));
-  await waitFigure(m.wsPort, "recodex_monitor_subscriptions_total", (v) => v >= 40 + attackers);
+  for (let i = 0; i < attackers; i++) await s.subscribe(`made_up_${i}`);
   // Every real channel is still there for its watcher: FINISHED reaches it, then 1000.
-  for (const id of real) await broker.send(id, "FINISHED");
+  for (const id of real) await s.broker.send(id, "FINISHED");
   for (const w of watchers) {
     assert.deepEqual(await w.waitMessages(2), [DOWNLOADED, FINISHED]);
     assert.equal((await w.waitClose()).code, 1000, "no watcher closed with 4001");
   }
-  const late = await Browser.open(m.wsPort, real[0]);
+  const late = await s.subscribe(real[0]);
   assert.deepEqual(await late.waitMessages(2), [DOWNLOADED, FINISHED], "the history is kept");
-  assert.equal(await figure(m.wsPort, "recodex_monitor_channels_evicted_total"), 0);
-  const refused = evil.filter((b) => b.closed?.code === 4001).length;
-  return { refused };
+  assert.equal(await metric(port, "recodex_monitor_channels_evicted_total"), 0);
 }
 
 test("memory store: 60 subscriptions to unknown ids next to 40 real channels at max_channels 50 evict nothing", async (t) => {
-  const m = await startMonitor({ extraYaml: `http:\n  enabled: true\n${RETENTION}` });
-  t.after(() => m.stop("SIGKILL"));
-  await attack(t, m, 60);
-  assert.equal(await figure(m.wsPort, "recodex_monitor_channels"), 40);
-  assert.equal(await figure(m.wsPort, "recodex_monitor_store_waiting_channels"), 60);
+  const s = await relay(t, { extraYaml: `http:\n  enabled: true\n${RETENTION}` });
+  await attack(s, 60);
+  assert.equal(await metric(s.monitor.wsPort, "recodex_monitor_channels"), 40);
+  assert.equal(await metric(s.monitor.wsPort, "recodex_monitor_store_waiting_channels"), 60);
 });
 
 test("memory store: past store.max_waiting_channels the extra browsers are closed with 4001, the real watchers not", async (t) => {
-  const m = await startMonitor({ extraYaml: `http:\n  enabled: true\n${RETENTION}store:\n  max_waiting_channels: 20\n` });
-  t.after(() => m.stop("SIGKILL"));
-  await attack(t, m, 60);
-  assert.equal(await waitFigure(m.wsPort, "recodex_monitor_store_waiting_refused_total", (v) => v === 40), 40);
-  assert.equal(await figure(m.wsPort, "recodex_monitor_store_waiting_channels"), 20);
-  assert.match(m.output(), /closed with 4001: store\.max_waiting_channels \(20\)/);
+  const s = await relay(t, { extraYaml: `http:\n  enabled: true\n${RETENTION}store:\n  max_waiting_channels: 20\n` });
+  await attack(s, 60);
+  assert.equal(await waitMetric(s.monitor.wsPort, "recodex_monitor_store_waiting_refused_total", (v) => v === 40), 40);
+  assert.equal(await metric(s.monitor.wsPort, "recodex_monitor_store_waiting_channels"), 20);
+  assert.match(s.monitor.output(), /closed with 4001: store\.max_waiting_channels \(20\)/);
 });
 
 test("Redis store: the same attack evicts nothing and unknown ids leave nothing in Redis", { skip: NO_REDIS }, async (t) => {
   const redis = await RedisServer.start(t);
-  const m = await redisMonitor(t, redis, { extraYaml: RETENTION });
-  await attack(t, m, 60);
-  assert.equal(redis.cli("EXISTS", "rmon-test:m:made_up_0"), "0");
-  assert.equal(await figure(m.wsPort, "recodex_monitor_store_waiting_channels"), 60);
+  const s = await redisRelay(t, redis, { extraYaml: RETENTION });
+  await attack(s, 60);
+  assert.equal(redis.cli("EXISTS", `${REDIS_PREFIX}m:made_up_0`), "0");
+  assert.equal(await metric(s.monitor.wsPort, "recodex_monitor_store_waiting_channels"), 60);
 });

@@ -4,14 +4,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { RedisLink } from "../src/redis-link.ts";
-import { Broker, Browser, freePort, httpGet, runCli, startMonitor, writeConfig } from "./helpers.ts";
-import { figure, NO_REDIS, REDIS_PREFIX, RedisServer, redisMonitor, waitFigure } from "./store-helpers.ts";
+import { redactUrl } from "../src/store-redis.ts";
+import { httpGet, metric, waitMetric } from "./helpers/http.ts";
+import { runCli, writeConfig } from "./helpers/monitor-process.ts";
+import { NO_REDIS, REDIS_PREFIX, RedisServer, redisRelay } from "./helpers/redis.ts";
 
 const options = { skip: NO_REDIS, timeout: 60_000 };
 const task = (i: number) => `{"command": "TASK", "task_id": "t${i}", "task_state": "COMPLETED"}`;
 
 for (const [yaml, pattern] of [
-  ['store:\n  kind: redis\n  redis:\n    url: "http://127.0.0.1:6379"\n', /config key "store\.redis\.url": got "http:\/\/127\.0\.0\.1:6379", expected a redis:\/\/ or rediss:\/\/ URL/],
+  ['store:\n  kind: redis\n  redis:\n    url: "http://127.0.0.1:6379"\n', /config key "store\.redis\.url": got "http:\/\/127\.0\.0\.1:6379", expected a redis:\/\/, rediss:\/\/ or unix:\/\/ URL/],
+  ['store:\n  kind: redis\n  redis:\n    url: "unix://relative/redis.sock"\n', /config key "store\.redis\.url": got "unix:\/\/relative\/redis\.sock", expected a redis:\/\/, rediss:\/\/ or unix:\/\/ URL/],
   ['store:\n  kind: redis\n  state_file: /tmp/x.state\n', /config key "store\.state_file": got "\/tmp\/x\.state", expected unset with store\.kind redis/],
   ["store:\n  kind: memcached\n", /config key "store\.kind": got "memcached", expected one of memory, redis/],
   ["store:\n  max_waiting_channels: 0\n", /config key "store\.max_waiting_channels": got 0/],
@@ -24,26 +27,20 @@ for (const [yaml, pattern] of [
 }
 
 test("a monitor whose Redis is not there yet starts, says so, answers /readyz 503 and buffers; once Redis is up all is written and served", options, async (t) => {
-  const port = await freePort();
-  const url = `redis://127.0.0.1:${port}/0`;
-  const m = await startMonitor({
-    extraYaml: `http:\n  enabled: true\nstore:\n  kind: redis\n  redis:\n    url: "${url}"\n    key_prefix: "${REDIS_PREFIX}"\n    timeout: 0.5\n`,
-  });
-  t.after(() => m.stop("SIGKILL"));
-  assert.match(m.output(), /Redis redis:\/\/127\.0\.0\.1:\d+\/0 not reachable yet .*: starting anyway, broker messages are buffered/);
+  const redis = RedisServer.unstarted(t);
+  const s = await redisRelay(t, redis, { redisKeys: "    timeout: 0.5\n" });
+  const m = s.monitor;
+  assert.match(m.output(), /Redis unix:\/\/\S+\/redis\.sock\?db=0 not reachable yet .*: starting anyway, broker messages are buffered/);
   const ready = await httpGet(m.wsPort, "/readyz");
   assert.equal(ready.status, 503);
   assert.match(ready.body, /unreachable/);
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
-  for (let i = 0; i < 3; i++) await broker.send("job_late_redis", "TASK", `t${i}`, "COMPLETED");
-  await waitFigure(m.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 3);
-  const redis = await RedisServer.startOn(t, port);
-  await waitFigure(m.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 0);
+  for (let i = 0; i < 3; i++) await s.broker.send("job_late_redis", "TASK", `t${i}`, "COMPLETED");
+  await waitMetric(m.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 3);
+  await redis.launch();
+  await waitMetric(m.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 0);
   assert.equal((await httpGet(m.wsPort, "/readyz")).status, 200);
   assert.equal(redis.cli("XLEN", `${REDIS_PREFIX}s:job_late_redis`), "3");
-  const late = await Browser.open(m.wsPort, "job_late_redis");
-  t.after(() => late.close());
+  const late = await s.subscribe("job_late_redis");
   assert.deepEqual(await late.waitMessages(3), [task(0), task(1), task(2)]);
 });
 
@@ -66,49 +63,52 @@ test("an append batch sent again (its reply was lost) is answered as the first t
 test("at retention.max_channels Redis evicts the channel closest to expiring; its subscribers on every node get 4001", options, async (t) => {
   const redis = await RedisServer.start(t);
   const extraYaml = "retention:\n  max_channels: 2\n";
-  const a = await redisMonitor(t, redis, { extraYaml });
-  const b = await redisMonitor(t, redis, { extraYaml });
-  const broker = await Broker.connect(a.zmqPort);
-  t.after(() => broker.close());
-  await broker.send("evict_1", "DOWNLOADED");
-  await waitFigure(a.wsPort, "recodex_monitor_messages_in_total", (v) => v === 1);
-  const w = await Browser.open(b.wsPort, "evict_1");
-  t.after(() => w.close());
+  const a = await redisRelay(t, redis, { extraYaml });
+  const b = await redisRelay(t, redis, { extraYaml });
+  await a.broker.send("evict_1", "DOWNLOADED");
+  await waitMetric(a.monitor.wsPort, "recodex_monitor_messages_in_total", (v) => v === 1);
+  const w = await b.subscribe("evict_1");
   await w.waitMessages(1);
-  await broker.send("evict_2", "DOWNLOADED");
-  await broker.send("evict_3", "DOWNLOADED");
+  await a.broker.send("evict_2", "DOWNLOADED");
+  await a.broker.send("evict_3", "DOWNLOADED");
   assert.equal((await w.waitClose()).code, 4001);
   assert.equal(redis.cli("EXISTS", `${REDIS_PREFIX}m:evict_1`), "0");
   assert.equal(redis.cli("ZCARD", `${REDIS_PREFIX}index`), "2");
-  assert.equal(await figure(b.wsPort, "recodex_monitor_channels_evicted_total"), 1);
+  assert.equal(await metric(b.monitor.wsPort, "recodex_monitor_channels_evicted_total"), 1);
 });
 
 test("a stop while Redis cannot be written says how many messages are lost, and still exits 0 within the drain time", options, async (t) => {
   const redis = await RedisServer.start(t);
-  const m = await redisMonitor(t, redis, { redisKeys: "    timeout: 0.5\n", extraYaml: "limits:\n  drain_timeout: 1\n" });
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
+  const s = await redisRelay(t, redis, { redisKeys: "    timeout: 0.5\n", extraYaml: "limits:\n  drain_timeout: 1\n" });
+  const m = s.monitor;
   redis.signal("SIGSTOP");
-  t.after(() => redis.signal("SIGCONT"));
-  await waitFigure(m.wsPort, "recodex_monitor_store_up", (v) => v === 0, 20_000).catch(() => {});
-  for (let i = 0; i < 5; i++) await broker.send("job_lost", "TASK", `t${i}`, "COMPLETED");
-  await waitFigure(m.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 5);
+  for (let i = 0; i < 5; i++) await s.broker.send("job_lost", "TASK", `t${i}`, "COMPLETED");
+  await waitMetric(m.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 5);
+  // The append goes unanswered: past store.redis.timeout the link is down.
+  await waitMetric(m.wsPort, "recodex_monitor_store_up", (v) => v === 0);
   assert.equal(await m.stop("SIGTERM"), 0);
   assert.match(m.output(), /\[ERROR\] Redis store: 5 broker messages could not be written to Redis before the stop .*: lost/);
 });
 
 test("a graceful stop writes what is pending once Redis answers again within the drain time", options, async (t) => {
   const redis = await RedisServer.start(t);
-  const m = await redisMonitor(t, redis, { redisKeys: "    timeout: 0.5\n", extraYaml: "limits:\n  drain_timeout: 10\n" });
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
+  const s = await redisRelay(t, redis, { redisKeys: "    timeout: 0.5\n", extraYaml: "limits:\n  drain_timeout: 10\n" });
+  const m = s.monitor;
   redis.signal("SIGSTOP");
-  for (let i = 0; i < 5; i++) await broker.send("job_kept", "TASK", `t${i}`, "COMPLETED");
-  await waitFigure(m.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 5);
+  for (let i = 0; i < 5; i++) await s.broker.send("job_kept", "TASK", `t${i}`, "COMPLETED");
+  await waitMetric(m.wsPort, "recodex_monitor_store_pending_messages", (v) => v === 5);
   m.child.kill("SIGTERM");
   await m.waitFor(/stopping: SIGTERM received/);
   redis.signal("SIGCONT");
   assert.equal(await m.exited, 0);
   assert.equal(redis.cli("XLEN", `${REDIS_PREFIX}s:job_kept`), "5");
   assert.doesNotMatch(m.output(), /could not be written/);
+});
+
+test("a password in the URL is never shown: redis:// and unix:// URLs are logged with *** for it", () => {
+  assert.equal(redactUrl("redis://recodex:s3cret@redis1:6379/0"), "redis://recodex:***@redis1:6379/0");
+  assert.equal(redactUrl("rediss://:s3cret@redis1/0"), "rediss://:***@redis1/0");
+  assert.equal(redactUrl("unix://:s3cret@/run/redis/redis.sock?db=2"), "unix://:***@/run/redis/redis.sock?db=2");
+  assert.equal(redactUrl("unix://recodex:s3cret@/run/redis/redis.sock"), "unix://recodex:***@/run/redis/redis.sock");
+  assert.equal(redactUrl("unix:///run/redis/redis.sock"), "unix:///run/redis/redis.sock");
 });

@@ -4,16 +4,20 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import { ChannelStore, type Snapshot } from "../src/channel-store.ts";
 import { DEFAULTS } from "../src/config.ts";
 import { StateFile, maxStateFileBytes } from "../src/state-file.ts";
-import { Broker, Browser, startMonitor } from "./helpers.ts";
-import { RESUME_PROTOCOL as RESUME } from "../src/subscription.ts";
-import { figure, statePath, unwrap, waitFigure } from "./store-helpers.ts";
+import { RESUME, unwrap } from "./helpers/browser.ts";
+import { metric, waitMetric } from "./helpers/http.ts";
+import { monitor, tempDir } from "./helpers/monitor-process.ts";
+import { relay } from "./helpers/relay.ts";
 
 const LIMITS = DEFAULTS.retention;
 const msg = (command: string) => `{"command": "${command}"}`;
+
+/** Where a state file goes in a fresh directory. */
+const statePath = () => join(tempDir("rmon-state-"), "channels.state");
 
 function recorder() {
   const lines: { level: string; line: string }[] = [];
@@ -127,71 +131,57 @@ const yaml = (path: string) => `store:\n  state_file: "${path}"\nhttp:\n  enable
 
 test("the monitor restarted with store.state_file mid-job: a late joiner gets the whole history, a resumable client exactly what follows its offset", async (t) => {
   const path = statePath();
-  const first = await startMonitor({ extraYaml: yaml(path) });
-  t.after(() => first.stop("SIGKILL"));
-  assert.match(first.output(), /state file .* does not exist/);
-  const broker = await Broker.connect(first.zmqPort);
-  t.after(() => broker.close());
-  const watcher = new Browser(`ws://127.0.0.1:${first.wsPort}/`, RESUME);
-  await watcher.opened;
-  watcher.ws.send("job_restart");
-  await first.waitFor(/subscribed to channel job_restart\n/);
-  for (const c of ["DOWNLOADED", "STARTED"]) await broker.send("job_restart", c);
-  await broker.send("job_restart", "TASK", "t1", "COMPLETED");
+  const first = await relay(t, { extraYaml: yaml(path) });
+  assert.match(first.monitor.output(), /state file .* does not exist/);
+  const watcher = await first.subscribe("job_restart", { protocols: RESUME });
+  for (const c of ["DOWNLOADED", "STARTED"]) await first.broker.send("job_restart", c);
+  await first.broker.send("job_restart", "TASK", "t1", "COMPLETED");
   const before = unwrap(await watcher.waitMessages(3));
-  assert.equal(await first.stop("SIGTERM"), 0);
+  assert.equal(await first.monitor.stop("SIGTERM"), 0);
   assert.equal((await watcher.waitClose()).code, 1001);
-  assert.match(first.output(), /state file .* written: 1 channels, 3 messages/);
+  assert.match(first.monitor.output(), /state file .* written: 1 channels, 3 messages/);
 
-  const second = await startMonitor({ extraYaml: yaml(path), wsPort: first.wsPort, zmqPort: first.zmqPort });
-  t.after(() => second.stop("SIGKILL"));
+  const second = await relay(t, { extraYaml: yaml(path) });
+  assert.match(second.monitor.output(), /\[INFO\] state file .* restored: 1 channels, 3 messages\n/);
   assert.equal(existsSync(path), false);
   const last = before[2] as { offset: number };
-  const resumed = new Browser(`ws://127.0.0.1:${second.wsPort}/`, RESUME);
-  await resumed.opened;
-  resumed.ws.send(JSON.stringify({ channel: "job_restart", after: (before[1] as { offset: number }).offset }));
+  const resumed = await second.subscribe("job_restart", { protocols: RESUME, first: JSON.stringify({ channel: "job_restart", after: (before[1] as { offset: number }).offset }) });
   assert.deepEqual(unwrap(await resumed.waitMessages(1)), [before[2]], "exactly what follows the offset");
-  // The broker's ROUTER reconnects to the new process by itself.
-  await broker.send("job_restart", "FINISHED");
+  await second.broker.send("job_restart", "FINISHED");
   assert.deepEqual(unwrap(await resumed.waitMessages(2))[1], { offset: last.offset + 1, message: msg("FINISHED") });
-  const late = await Browser.open(second.wsPort, "job_restart");
+  const late = await second.subscribe("job_restart");
   assert.deepEqual(await late.waitMessages(4), [msg("DOWNLOADED"), msg("STARTED"), '{"command": "TASK", "task_id": "t1", "task_state": "COMPLETED"}', msg("FINISHED")]);
   assert.equal((await late.waitClose()).code, 1000);
 });
 
 test("a SIGTERM while ZeroMQ holds messages the monitor has not read yet: they are taken in and saved, none lost", async (t) => {
   const path = statePath();
-  const first = await startMonitor({ extraYaml: yaml(path) });
-  t.after(() => first.stop("SIGKILL"));
-  const broker = await Broker.connect(first.zmqPort);
-  t.after(() => broker.close());
-  await broker.send("job_drain", "DOWNLOADED");
-  await waitFigure(first.wsPort, "recodex_monitor_messages_in_total", (v) => v >= 1);
+  const first = await relay(t, { extraYaml: yaml(path) });
+  const m = first.monitor;
+  await first.broker.send("job_drain", "DOWNLOADED");
+  await waitMetric(m.wsPort, "recodex_monitor_messages_in_total", (v) => v >= 1);
   // Stopped, the monitor reads nothing: what the broker sends now waits in its socket.
-  first.child.kill("SIGSTOP");
+  m.child.kill("SIGSTOP");
   const n = 5000;
-  for (let i = 0; i < n; i++) await broker.send("job_drain", "TASK", `t${i}`, "COMPLETED");
-  first.child.kill("SIGTERM");
-  first.child.kill("SIGCONT");
-  assert.equal(await first.exited, 0);
-  assert.match(first.output(), new RegExp(`state file .* written: 1 channels, ${n + 1} messages`));
+  for (let i = 0; i < n; i++) await first.broker.send("job_drain", "TASK", `t${i}`, "COMPLETED");
+  m.child.kill("SIGTERM");
+  m.child.kill("SIGCONT");
+  assert.equal(await m.exited, 0);
+  assert.match(m.output(), new RegExp(`state file .* written: 1 channels, ${n + 1} messages`));
 
-  const second = await startMonitor({ extraYaml: yaml(path) });
-  t.after(() => second.stop("SIGKILL"));
-  const late = await Browser.open(second.wsPort, "job_drain");
+  const second = await relay(t, { extraYaml: yaml(path) });
+  const late = await second.subscribe("job_drain");
   const got = await late.waitMessages(n + 1);
   assert.equal(got[0], msg("DOWNLOADED"));
   for (let i = 0; i < n; i++) assert.equal(got[i + 1], `{"command": "TASK", "task_id": "t${i}", "task_state": "COMPLETED"}`);
-  late.close();
 });
 
 test("a monitor with a damaged state file starts empty with one warning and keeps the file aside", async (t) => {
   const path = statePath();
   writeFileSync(path, '{"format":"recodex-monitor channel state","version":1,"saved_at":0,"next_base":0,"channels":1}\n{"id":"x"');
-  const m = await startMonitor({ extraYaml: yaml(path) });
-  t.after(() => m.stop("SIGKILL"));
+  const m = await monitor(t, { extraYaml: yaml(path) });
   assert.match(m.output(), /\[WARNING\] state file .* not restored: line 2 is not JSON \(damaged\); kept aside as channels\.state\.bad-/);
   assert.equal((m.output().match(/state file/g) ?? []).length, 1);
-  assert.equal(await figure(m.wsPort, "recodex_monitor_channels"), 0);
+  assert.equal(await metric(m.wsPort, "recodex_monitor_channels"), 0);
   assert.equal(readdirSync(dirname(path)).filter((f) => f.startsWith("channels.state.bad-")).length, 1);
 });
