@@ -1,10 +1,13 @@
 // One browser connection as the store sees it (a Subscriber): its queue of frames, their
-// framing, the write and the slow-consumer rule.
+// framing, the write and the slow-consumer rules: a bound per client, a bound on all clients'
+// buffers together, and a time limit on a backlog that does not shrink.
 //
 // Calls go one way. The store calls send/gap/end while it iterates a channel's subscribers;
-// those only queue frames, or write and close this one connection. Nothing here calls the
-// store or the gateway: when a client is cut or ends, the gateway learns it from ws's
-// 'close' event, which comes in a later turn, and only then unsubscribes it from the store.
+// those only queue frames, or write and close this one connection. The write queue cuts
+// clients itself, after a turn's writes and when the gateway asks it to check the backlogs.
+// Nothing here calls the store or the gateway: when a client is cut or ends, the gateway
+// learns it from ws's 'close' event, which comes in a later turn, and only then
+// unsubscribes it from the store.
 import type { Socket } from "node:net";
 import type { WebSocket } from "ws";
 import type { CloseReason, Subscriber } from "./channel-store.ts";
@@ -14,8 +17,24 @@ import { gapNotice, withOffset } from "./subscription.ts";
 
 export interface WriteCounters {
   slowClients: number;
+  bufferLimitCuts: number;
+  stalledClients: number;
   sentFrames: number;
   sentBytes: number;
+}
+
+/** Where the cuts are reported: a rate-limited warning per kind (logger.ts's WarnLimiter). */
+export interface CutReport {
+  warn(kind: string, line: string): void;
+}
+
+export interface WriteLimits {
+  /** limits.max_buffered_bytes */
+  maxBufferedBytes: number;
+  /** limits.max_total_buffered_bytes */
+  maxTotalBufferedBytes: number;
+  /** limits.backlog_timeout, in ms */
+  backlogTimeoutMs: number;
 }
 
 const SEND_TEXT = Object.freeze({ binary: false });
@@ -25,21 +44,25 @@ const CUT_GRACE_MS = 1000;
 /**
  * Collects the clients with queued frames during one event-loop turn and writes them all
  * after it, each client's frames in one corked write. A message that several clients get
- * in the same turn is framed once for all of them.
+ * in the same turn is framed once for all of them. Keeps track of the clients whose peer has
+ * not taken everything written to it (their backlog), and of those bytes in total.
  */
 export class WriteQueue {
   private dirty: Client[] = [];
   private readonly frames = new Map<string, Buffer>();
   private scheduled = false;
+  /** Clients with a backlog as of their last flush or check. */
+  private readonly behind = new Set<Client>();
+  /** The sum of their backlogs as last seen (an upper bound: a peer that reads only shrinks it). */
+  bufferedBytes = 0;
   readonly counters: WriteCounters;
-  /** limits.max_buffered_bytes */
-  maxBufferedBytes: number;
-  readonly log: Log;
+  limits: WriteLimits;
+  readonly report: CutReport;
 
-  constructor(maxBufferedBytes: number, counters: WriteCounters, log: Log) {
-    this.maxBufferedBytes = maxBufferedBytes;
+  constructor(limits: WriteLimits, counters: WriteCounters, report: CutReport) {
+    this.limits = limits;
     this.counters = counters;
-    this.log = log;
+    this.report = report;
   }
 
   add(client: Client): void {
@@ -60,13 +83,73 @@ export class WriteQueue {
     return frame;
   }
 
+  /**
+   * Periodic: re-reads every backlog, cuts the clients whose backlog has not shrunk for
+   * limits.backlog_timeout, and enforces the total bound.
+   */
+  check(now: number): void {
+    for (const client of this.behind) {
+      this.track(client, now);
+      if (client.done || now - client.backlogSince < this.limits.backlogTimeoutMs) continue;
+      this.counters.stalledClients++;
+      this.report.warn("stalled",
+        `client #${client.id} (${client.ip}) on channel ${client.channel} took none of its ${client.backlog}-byte backlog for ${this.limits.backlogTimeoutMs / 1000} s (limits.backlog_timeout): disconnected`);
+      this.forget(client);
+      client.cut(CLOSE.SLOW_CLIENT);
+    }
+    if (this.bufferedBytes > this.limits.maxTotalBufferedBytes) this.enforceTotal(now);
+  }
+
+  /** A client that is gone or cut holds nothing any more (its socket is destroyed shortly). */
+  forget(client: Client): void {
+    if (this.behind.delete(client)) this.bufferedBytes -= client.backlog;
+    client.backlog = 0;
+  }
+
   private readonly flush = (): void => {
     this.scheduled = false;
     const dirty = this.dirty;
     this.dirty = [];
     for (let i = 0; i < dirty.length; i++) dirty[i].flush();
     this.frames.clear();
+    // As for one client's bound, what the peers had not taken before this turn decides: a
+    // burst written in this turn is not held against clients that read.
+    const now = performance.now();
+    for (let i = 0; i < dirty.length; i++) this.track(dirty[i], now, dirty[i].waitingBeforeFlush);
+    if (this.bufferedBytes > this.limits.maxTotalBufferedBytes) this.enforceTotal(now);
   };
+
+  private track(client: Client, now: number, waitingNow = client.ws.bufferedAmount): void {
+    const waiting = client.done ? 0 : waitingNow;
+    const was = client.backlog;
+    this.bufferedBytes += waiting - was;
+    client.backlog = waiting;
+    if (waiting === 0) {
+      this.behind.delete(client);
+    } else if (!this.behind.has(client) || waiting < client.backlogLow) {
+      // It took something since it was last seen (or has just started to lag).
+      this.behind.add(client);
+      client.backlogLow = waiting;
+      client.backlogSince = now;
+    }
+  }
+
+  /** Cuts the clients furthest behind until the backlogs together are within the bound again. */
+  private enforceTotal(now: number): void {
+    // Those not written to in this turn may have been read from since they were last seen.
+    for (const client of this.behind) this.track(client, now, Math.min(client.backlog, client.ws.bufferedAmount));
+    const limit = this.limits.maxTotalBufferedBytes;
+    if (this.bufferedBytes <= limit) return;
+    const furthest = [...this.behind].sort((a, b) => b.backlog - a.backlog);
+    for (const client of furthest) {
+      if (this.bufferedBytes <= limit) break;
+      this.counters.bufferLimitCuts++;
+      this.report.warn("total-buffered",
+        `client #${client.id} (${client.ip}) on channel ${client.channel} disconnected: the clients' buffers hold ${this.bufferedBytes} bytes > limits.max_total_buffered_bytes ${limit}, and it was furthest behind (${client.backlog} bytes; it can reconnect and replay)`);
+      this.forget(client);
+      client.cut(CLOSE.SLOW_CLIENT);
+    }
+  }
 }
 
 export class Client implements Subscriber {
@@ -86,6 +169,12 @@ export class Client implements Subscriber {
   nextPing = 0;
   /** No more frames will be sent (ended, cut or closed by the peer). */
   done = false;
+  /** Bytes its peer had not taken when last seen, the lowest that backlog has been since it last shrank, and when that was (WriteQueue). */
+  backlog = 0;
+  backlogLow = 0;
+  backlogSince = 0;
+  /** What its peer had not taken when its last flush began. */
+  waitingBeforeFlush = 0;
   private pending: string[] = [];
   private pendingBytes = 0;
 
@@ -141,13 +230,15 @@ export class Client implements Subscriber {
     // What the peer has not taken since earlier turns decides; a burst that arrives within
     // one turn is not held against a client that reads. Memory per client stays below the
     // limit plus one turn's worth (the broker link yields every few hundred kilobytes).
-    const limit = this.queue.maxBufferedBytes;
+    const limit = this.queue.limits.maxBufferedBytes;
     const waiting = this.ws.bufferedAmount;
+    this.waitingBeforeFlush = waiting;
     if (waiting > limit) {
       counters.slowClients++;
-      this.queue.log.warning(
+      this.queue.report.warn("slow",
         `client #${this.id} (${this.ip}) on channel ${this.channel} fell behind: ${waiting} bytes not taken > limits.max_buffered_bytes ${limit}; disconnected (it can reconnect and replay)`,
       );
+      this.queue.forget(this);
       this.cut(CLOSE.SLOW_CLIENT);
       return;
     }

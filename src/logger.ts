@@ -1,12 +1,11 @@
 // Logging through tslog with the original monitor's level names. The file sink is a
-// size-rotated stream (rotating-file-stream, logrotate-style names monitor.log.1 ...);
-// "-" writes to stderr, which journald picks up under systemd.
-import { closeSync, mkdirSync, openSync } from "node:fs";
-import { basename, dirname } from "node:path";
-import { createStream, type RotatingFileStream } from "rotating-file-stream";
+// size-rotated stream that survives write failures (log-file.ts); "-" writes to stderr,
+// which journald picks up under systemd. Every message is made printable on its way out:
+// channel ids, request paths and whatever else a browser or the broker sends can neither
+// start a line of their own nor send escape sequences to a terminal.
 import { Logger as TsLogger, type ILogObj } from "tslog";
 import type { LogLevelName } from "./config.ts";
-import { monitorError, reasonOf } from "./errors.ts";
+import { LogFile } from "./log-file.ts";
 
 // tslog's numeric levels: 2 debug, 3 info, 4 warn, 5 error, 6 fatal.
 const TSLOG_LEVEL: Readonly<Record<LogLevelName, number>> = Object.freeze({
@@ -34,7 +33,7 @@ export interface LoggerOptions {
 
 export class Log {
   private readonly tslog: TsLogger<ILogObj>;
-  private readonly stream: RotatingFileStream | null;
+  private readonly file: LogFile | null;
   private level: number;
   private stderrBroken = false;
   readonly destination: string;
@@ -42,7 +41,7 @@ export class Log {
   constructor(options: LoggerOptions) {
     this.level = TSLOG_LEVEL[options.level];
     this.destination = options.file === "-" ? "stderr" : options.file;
-    this.stream = options.file === "-" ? null : openRotating(options);
+    this.file = options.file === "-" ? null : new LogFile(options, { warning: (text) => line(4, text), time: timestamp });
     // A closed stderr (the terminal or the parent went away) must neither crash the relay
     // nor loop on logging its own write errors: the log is then lost, the service is not.
     process.stderr.on("error", () => {
@@ -79,49 +78,27 @@ export class Log {
 
   /** Writes out everything buffered and closes the file. */
   async close(): Promise<void> {
-    const stream = this.stream;
-    if (stream === null) return;
-    await new Promise<void>((resolve) => {
-      stream.once("error", () => resolve());
-      stream.end(() => resolve());
-    });
+    await this.file?.close();
   }
 
   private write(obj: ILogObj): void {
     const meta = obj._logMeta as { logLevelId: number; date: Date } | undefined;
-    const text = String(obj[0] ?? "");
-    const line = `${timestamp(meta?.date ?? new Date())} [${LABEL[meta?.logLevelId ?? 3] ?? "INFO"}] ${text}\n`;
-    if (this.stream === null) {
-      if (!this.stderrBroken) process.stderr.write(line);
+    const text = line(meta?.logLevelId ?? 3, String(obj[0] ?? ""), meta?.date);
+    if (this.file === null) {
+      if (!this.stderrBroken) process.stderr.write(text);
     } else {
-      this.stream.write(line);
+      this.file.write(text);
     }
   }
+}
+
+function line(levelId: number, message: string, date = new Date()): string {
+  return `${timestamp(date)} [${LABEL[levelId] ?? "INFO"}] ${printable(message)}\n`;
 }
 
 function timestamp(d: Date): string {
   const p = (n: number, w = 2) => String(n).padStart(w, "0");
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())},${p(d.getMilliseconds(), 3)}`;
-}
-
-function openRotating(options: LoggerOptions): RotatingFileStream {
-  const file = options.file;
-  // Open synchronously once, so that an unwritable path is a start-up error rather than
-  // an asynchronous stream error after the monitor reports itself ready.
-  try {
-    mkdirSync(dirname(file), { recursive: true });
-    closeSync(openSync(file, "a"));
-  } catch (err) {
-    throw monitorError("RMON_ERR_LOG_FILE", { path: file, reason: reasonOf(err) });
-  }
-  const name = basename(file);
-  const stream = createStream((index: number | Date | null) => (index ? `${name}.${String(index)}` : name), {
-    path: dirname(file),
-    ...(options.rotations > 0 ? { size: `${options["max-size"]}B`, rotate: options.rotations } : {}),
-  });
-  // A log write failing later (disk full, file removed by hand) must not stop the relay.
-  stream.on("error", (err) => process.stderr.write(`recodex-monitor: log file ${file}: ${err.message}\n`));
-  return stream;
 }
 
 /**
@@ -170,4 +147,20 @@ export class WarnLimiter {
     this.windows.delete(kind);
     if (w.suppressed > 0) this.log.warning(`${w.suppressed} more "${kind}" warnings suppressed in the last ${this.windowMs / 1000} s`);
   }
+}
+
+// C0 and C1 controls (newline, carriage return, ESC: the start of every ANSI sequence), DEL,
+// the Unicode line and paragraph separators, the bidirectional overrides and isolates, lone
+// surrogates, and the backslash that introduces the escapes themselves.
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069\\]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const UNPRINTABLE_ALL = new RegExp(UNPRINTABLE.source, "g");
+const ESCAPES: Readonly<Record<string, string>> = Object.freeze({ "\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\" });
+
+/** `text` with every character that could forge a log line or drive a terminal escaped as \n, \xNN or \uNNNN. */
+export function printable(text: string): string {
+  if (!UNPRINTABLE.test(text)) return text;
+  return text.replace(UNPRINTABLE_ALL, (c) => {
+    const code = c.charCodeAt(0);
+    return ESCAPES[c] ?? (code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`);
+  });
 }

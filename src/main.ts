@@ -3,7 +3,7 @@
 // is up ends here with one line on stderr and an exit code per class of error.
 import { parseArgs } from "node:util";
 import pkg from "../package.json" with { type: "json" };
-import { loadConfig, type LoadedConfig } from "./config.ts";
+import { loadConfig, reloadConfig, type LoadedConfig } from "./config.ts";
 import { EXIT, MonitorError } from "./errors.ts";
 import type { Log } from "./logger.ts";
 import type { Monitor } from "./monitor.ts";
@@ -141,7 +141,7 @@ async function run(loaded: LoadedConfig): Promise<number> {
       return;
     }
     try {
-      const next = loadConfig(loaded.source ?? undefined);
+      const next = reloadConfig(loaded.source ?? undefined);
       for (const w of next.warnings) log.warning(w);
       monitor.reload(next.config);
     } catch (err) {

@@ -4,13 +4,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Broker, Browser, delay, startMonitor } from "./helpers.ts";
 import { editConfig, metric, metrics, monitor, reload, upgradeOutcome, waitUntil } from "./feature-helpers.ts";
+import { monitorWithMetrics } from "./attack-helpers.ts";
 
 const refused = (reason: string) => `recodex_monitor_refused_upgrades_total{reason="${reason}"}`;
 
 test("access.allowed_origins: a foreign Origin gets 403; the allowed origin and a client without Origin connect", async (t) => {
-  const m = await monitor(t, {
-    extraYaml: 'http:\n  enabled: true\naccess:\n  allowed_origins: ["https://recodex.example"]\n',
-  });
+  const m = await monitorWithMetrics(t, 'access:\n  allowed_origins: ["https://recodex.example"]\n');
   const url = `ws://127.0.0.1:${m.wsPort}/`;
   const evil = await upgradeOutcome(url, { origin: "https://evil.example" });
   t.after(() => evil.browser.close());
@@ -28,14 +27,14 @@ test("access.allowed_origins: a foreign Origin gets 403; the allowed origin and 
   t.after(() => otherPort.browser.close());
   assert.equal(otherPort.status, 403);
 
-  assert.match(m.output(), /refused WebSocket upgrade from 127\.0\.0\.1: origin not allowed \(access\.allowed_origins\)/);
-  const got = await metrics(m.wsPort);
+  await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.1: origin not allowed \(access\.allowed_origins\)/);
+  const got = await metrics(m.httpPort);
   assert.equal(metric(got, refused("origin")), 2);
   assert.equal(metric(got, "recodex_monitor_connections"), 2);
 });
 
 test("access.max_connections: 2 refuses the third connection with 503 and admits again once one has left", async (t) => {
-  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\naccess:\n  max_connections: 2\n" });
+  const m = await monitorWithMetrics(t, "access:\n  max_connections: 2\n");
   const url = `ws://127.0.0.1:${m.wsPort}/`;
   const a = await upgradeOutcome(url);
   const b = await upgradeOutcome(url);
@@ -47,12 +46,12 @@ test("access.max_connections: 2 refuses the third connection with 503 and admits
   t.after(() => c.browser.close());
   assert.equal(c.status, 503);
   assert.match(c.body, /access\.max_connections/);
-  assert.match(m.output(), /refused WebSocket upgrade from 127\.0\.0\.1: connection limit reached/);
-  assert.equal(metric(await metrics(m.wsPort), refused("capacity")), 1);
+  await m.waitFor(/refused connection from 127\.0\.0\.1: connection limit reached/);
+  assert.equal(metric(await metrics(m.httpPort), refused("capacity")), 1);
 
   a.browser.ws.close();
   await a.browser.waitClose();
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_connections") === 1, "one connection left");
+  await waitUntil(async () => metric(await metrics(m.httpPort), "recodex_monitor_connections") === 1, "one connection left");
   const d = await upgradeOutcome(url);
   t.after(() => d.browser.close());
   assert.equal(d.status, "open");
@@ -69,7 +68,7 @@ test("access.max_connections holds under simultaneous upgrades: 10 at once with 
 });
 
 test("access.max_connections_per_ip: 1 refuses a second connection from 127.0.0.1 with 429; another address connects", async (t) => {
-  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\naccess:\n  max_connections_per_ip: 1\n" });
+  const m = await monitorWithMetrics(t, "access:\n  max_connections_per_ip: 1\n");
   const url = `ws://127.0.0.1:${m.wsPort}/`;
   const first = await upgradeOutcome(url, { localAddress: "127.0.0.1" });
   t.after(() => first.browser.close());
@@ -81,22 +80,20 @@ test("access.max_connections_per_ip: 1 refuses a second connection from 127.0.0.
   const elsewhere = await upgradeOutcome(url, { localAddress: "127.0.0.2" });
   t.after(() => elsewhere.browser.close());
   assert.equal(elsewhere.status, "open");
-  assert.match(m.output(), /refused WebSocket upgrade from 127\.0\.0\.1: too many connections from this address/);
-  assert.equal(metric(await metrics(m.wsPort), refused("per_ip")), 1);
+  await m.waitFor(/refused connection from 127\.0\.0\.1: too many connections from this address/);
+  assert.equal(metric(await metrics(m.httpPort), refused("per_ip")), 1);
 
   // The first one leaving frees its address's slot.
   first.browser.ws.close();
   await first.browser.waitClose();
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_connections") === 1, "one connection left");
+  await waitUntil(async () => metric(await metrics(m.httpPort), "recodex_monitor_connections") === 1, "one connection left");
   const again = await upgradeOutcome(url, { localAddress: "127.0.0.1" });
   t.after(() => again.browser.close());
   assert.equal(again.status, "open");
 });
 
 test("access.upgrades_per_second_per_ip: 1 with upgrade_burst: 2 refuses the third quick upgrade with 429, per address", async (t) => {
-  const m = await monitor(t, {
-    extraYaml: "http:\n  enabled: true\naccess:\n  upgrades_per_second_per_ip: 1\n  upgrade_burst: 2\n",
-  });
+  const m = await monitorWithMetrics(t, "access:\n  upgrades_per_second_per_ip: 1\n  upgrade_burst: 2\n");
   const url = `ws://127.0.0.1:${m.wsPort}/`;
   const outcomes = [];
   for (let i = 0; i < 3; i++) {
@@ -109,8 +106,8 @@ test("access.upgrades_per_second_per_ip: 1 with upgrade_burst: 2 refuses the thi
   const other = await upgradeOutcome(url, { localAddress: "127.0.0.3" });
   t.after(() => other.browser.close());
   assert.equal(other.status, "open", "another address has its own budget");
-  assert.match(m.output(), /refused WebSocket upgrade from 127\.0\.0\.1: too many new connections from this address/);
-  assert.equal(metric(await metrics(m.wsPort), refused("rate")), 1);
+  await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.1: too many new connections from this address/);
+  assert.equal(metric(await metrics(m.httpPort), refused("rate")), 1);
 
   await delay(1100);
   const later = await upgradeOutcome(url, { localAddress: "127.0.0.1" });

@@ -15,6 +15,7 @@ const EXTRA = `limits:
   subscribe_timeout: 0.5
 http:
   enabled: true
+  on_websocket_port: true
 `;
 
 function channelName(prefix = "ch"): string {

@@ -29,7 +29,7 @@ test("without http.enabled a plain GET on the WebSocket port gets 426 Upgrade Re
 });
 
 test("http.enabled serves /livez, /readyz and /metrics on the WebSocket port, which still relays", async (t) => {
-  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\n" });
+  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\n  on_websocket_port: true\n" });
   const live = await httpGet(m.wsPort, "/livez");
   assert.equal(live.status, 200);
   assert.equal(live.body, "ok\n");
@@ -75,7 +75,7 @@ test("http.uri without http.enabled is a config error (exit 3)", async (t) => {
 });
 
 test("/metrics counts connections, channels, stored messages and bytes, messages in and out, replays, peers and malformed ZeroMQ messages", async (t) => {
-  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\n" });
+  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\n  on_websocket_port: true\n" });
   const before = await metrics(m.wsPort);
   assert.equal(metric(before, "recodex_monitor_zeromq_peers"), 0);
   assert.equal(metric(before, "recodex_monitor_connections"), 0);
@@ -134,7 +134,7 @@ test("/metrics counts connections, channels, stored messages and bytes, messages
 
 test("/metrics counts evictions at retention.max_channels, idle expiry, and finished channels dropped", async (t) => {
   const m = await monitor(t, {
-    extraYaml: "http:\n  enabled: true\nretention:\n  max_channels: 2\n  idle_ttl: 60\n  finished_ttl: 0.2\n",
+    extraYaml: "http:\n  enabled: true\n  on_websocket_port: true\nretention:\n  max_channels: 2\n  idle_ttl: 60\n  finished_ttl: 0.2\n",
   });
   const broker = await Broker.connect(m.zmqPort);
   t.after(() => broker.close());
@@ -159,7 +159,7 @@ test("/metrics counts evictions at retention.max_channels, idle expiry, and fini
 });
 
 test("/metrics counts channels expired after retention.idle_ttl; their subscribers are closed with 4000", async (t) => {
-  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\nretention:\n  idle_ttl: 0.3\n" });
+  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\n  on_websocket_port: true\nretention:\n  idle_ttl: 0.3\n" });
   const b = await Browser.open(m.wsPort, "idle_job");
   t.after(() => b.close());
   assert.equal((await b.waitClose(5000)).code, 4000);
@@ -170,7 +170,7 @@ test("/metrics counts channels expired after retention.idle_ttl; their subscribe
 
 test("/metrics counts subscribe timeouts and keepalive (ping) timeouts", async (t) => {
   const m = await monitor(t, {
-    extraYaml: "http:\n  enabled: true\nlimits:\n  subscribe_timeout: 0.3\nkeepalive:\n  interval: 0.2\n",
+    extraYaml: "http:\n  enabled: true\n  on_websocket_port: true\nlimits:\n  subscribe_timeout: 0.3\nkeepalive:\n  interval: 0.2\n",
   });
   const silent = new Browser(`ws://127.0.0.1:${m.wsPort}/`);
   t.after(() => silent.close());
@@ -198,7 +198,7 @@ test("/metrics counts subscribe timeouts and keepalive (ping) timeouts", async (
 test("/metrics counts slow-client disconnects: a client that stops reading is dropped at limits.max_buffered_bytes", async (t) => {
   const m = await monitor(t, {
     extraYaml:
-      "http:\n  enabled: true\nlogger:\n  file: \"-\"\n  level: info\n" +
+      "http:\n  enabled: true\n  on_websocket_port: true\nlogger:\n  file: \"-\"\n  level: info\n" +
       "retention:\n  max_bytes_per_channel: 65536\nlimits:\n  max_buffered_bytes: 65536\n",
   });
   const broker = await Broker.connect(m.zmqPort);
@@ -227,8 +227,8 @@ test("/metrics counts slow-client disconnects: a client that stops reading is dr
 test("a client that reads is not dropped as slow when the broker sends a burst larger than limits.max_buffered_bytes", async (t) => {
   const m = await monitor(t, {
     extraYaml:
-      "logger:\n  file: \"-\"\n  level: info\n" +
-      "retention:\n  max_bytes_per_channel: 65536\nlimits:\n  max_buffered_bytes: 65536\n",
+      "logger:\n  file: \"-\"\n  level: debug\n" +
+      "retention:\n  max_bytes_per_channel: 65536\nlimits:\n  max_buffered_bytes: 65536\n  max_total_buffered_bytes: 65536\n",
   });
   const broker = await Broker.connect(m.zmqPort);
   t.after(() => broker.close());

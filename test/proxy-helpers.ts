@@ -19,6 +19,12 @@ export function missingTools(): string | null {
   return `needs ${missing.join(", ")} (Debian: apt-get install -y nginx-light chromium openssl)`;
 }
 
+/** Why the nginx-only tests cannot run here, or null when they can. */
+export function nginxMissing(): string | null {
+  const missing = [NGINX, OPENSSL].filter((p) => !existsSync(p));
+  return missing.length === 0 ? null : `needs ${missing.join(", ")} (Debian: apt-get install -y nginx-light openssl)`;
+}
+
 // ---------------------------------------------------------------------------------------
 // The packaged nginx snippet
 

@@ -14,9 +14,11 @@ import {
   killOnExit,
   missingTools,
   splitNginxSnippet,
+  nginxMissing,
   startNginx,
   type NginxProcess,
 } from "./proxy-helpers.ts";
+import { upgradeOutcome } from "./feature-helpers.ts";
 
 const SNIPPET = join(ROOT, "packaging", "reverse-proxy", "nginx.conf");
 const PAGE = join(ROOT, "test", "fixtures", "reverse-proxy-page.html");
@@ -212,5 +214,45 @@ test(
       }
       t.diagnostic(`took ${Date.now() - started} ms`);
     }
+  },
+);
+
+test(
+  "behind the nginx recipe with access.trusted_proxies, two users get separate per-address budgets and a client's own X-Forwarded-For is not believed",
+  { skip: nginxMissing() ?? false, timeout: 60_000 },
+  async (t) => {
+    const dir = tempDir("rmon-proxy-ip-");
+    const m = await startMonitor({
+      extraYaml: 'access:\n  trusted_proxies: ["127.0.0.1"]\n  max_connections_per_ip: 1\n',
+    });
+    killOnExit(m.child);
+    t.after(() => m.stop("SIGKILL"));
+    const snippet = splitNginxSnippet(readFileSync(SNIPPET, "utf8").replace(PACKAGED_UPSTREAM, `http://127.0.0.1:${m.wsPort}/`));
+    const { cert, key } = makeCertificate(dir);
+    const www = join(dir, "www");
+    mkdirSync(www);
+    writeFileSync(join(www, "index.html"), "<!doctype html>\n");
+    const port = await freePort();
+    const nginx = await startNginx({ dir, port, cert, key, root: www, snippet });
+    t.after(() => nginx.stop());
+    const url = `wss://127.0.0.1:${port}/ws/`;
+    const via = (localAddress: string, headers: Record<string, string> = {}) =>
+      upgradeOutcome(url, { localAddress, rejectUnauthorized: false, headers });
+
+    // Each user (its own source address towards nginx) has one slot.
+    const alice = await via("127.0.0.2");
+    t.after(() => alice.browser.close());
+    const bob = await via("127.0.0.3");
+    t.after(() => bob.browser.close());
+    assert.deepEqual([alice.status, bob.status], ["open", "open"], "before: every user is 127.0.0.1 and bob got 429");
+    await m.waitFor(/client #\d+ connected from 127\.0\.0\.2 /);
+    await m.waitFor(/client #\d+ connected from 127\.0\.0\.3 /);
+    // Alice's second tab is over her budget, even when it claims to come from elsewhere.
+    const aliceAgain = await via("127.0.0.2", { "X-Forwarded-For": "127.0.0.9" });
+    t.after(() => aliceAgain.browser.close());
+    assert.equal(aliceAgain.status, 429);
+    await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.2: too many connections from this address/);
+    assert.doesNotMatch(m.output(), /127\.0\.0\.9/);
+    rmSync(dir, { recursive: true, force: true });
   },
 );
