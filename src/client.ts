@@ -13,7 +13,7 @@ import type { WebSocket } from "ws";
 import type { CloseReason, Subscriber } from "./channel-store.ts";
 import { CLOSE } from "./errors.ts";
 import type { Log } from "./logger.ts";
-import { gapNotice, withOffset } from "./subscription.ts";
+import { gapNotice, OFFSET_SUFFIX, offsetPrefix, withOffset } from "./subscription.ts";
 
 export interface WriteCounters {
   slowClients: number;
@@ -38,6 +38,9 @@ export interface WriteLimits {
 }
 
 const SEND_TEXT = Object.freeze({ binary: false });
+const SUFFIX = Buffer.from(OFFSET_SUFFIX, "latin1");
+/** A queued frame that goes out as it is (legacy messages, notices), not wrapped with an offset. */
+const AS_IS = -1;
 /** How long a cut client may take to answer our close frame before its socket is destroyed. */
 const CUT_GRACE_MS = 1000;
 
@@ -50,6 +53,7 @@ const CUT_GRACE_MS = 1000;
 export class WriteQueue {
   private dirty: Client[] = [];
   private readonly frames = new Map<string, Buffer>();
+  private readonly payloads = new Map<string, Buffer>();
   private scheduled = false;
   /** Clients with a backlog as of their last flush or check. */
   private readonly behind = new Set<Client>();
@@ -84,6 +88,21 @@ export class WriteQueue {
   }
 
   /**
+   * A message's bytes, shared by every resumable client that gets it in this turn: each of
+   * them writes only its own frame header and offset around it. Framing the whole message per
+   * client would allocate a copy for each, which many clients that do not read (the kernel
+   * still takes a few MB from each) turn into hundreds of MB of garbage.
+   */
+  sharedPayload(json: string): Buffer {
+    let bytes = this.payloads.get(json);
+    if (bytes === undefined) {
+      bytes = Buffer.from(json, "latin1");
+      this.payloads.set(json, bytes);
+    }
+    return bytes;
+  }
+
+  /**
    * Periodic: re-reads every backlog, cuts the clients whose backlog has not shrunk for
    * limits.backlog_timeout, and enforces the total bound.
    */
@@ -94,13 +113,12 @@ export class WriteQueue {
       this.counters.stalledClients++;
       this.report.warn("stalled",
         `client #${client.id} (${client.ip}) on channel ${client.channel} took none of its ${client.backlog}-byte backlog for ${this.limits.backlogTimeoutMs / 1000} s (limits.backlog_timeout): disconnected`);
-      this.forget(client);
       client.cut(CLOSE.SLOW_CLIENT);
     }
     if (this.bufferedBytes > this.limits.maxTotalBufferedBytes) this.enforceTotal(now);
   }
 
-  /** A client that is gone or cut holds nothing any more (its socket is destroyed shortly). */
+  /** A client whose connection has closed holds nothing any more. */
   forget(client: Client): void {
     if (this.behind.delete(client)) this.bufferedBytes -= client.backlog;
     client.backlog = 0;
@@ -112,6 +130,7 @@ export class WriteQueue {
     this.dirty = [];
     for (let i = 0; i < dirty.length; i++) dirty[i].flush();
     this.frames.clear();
+    this.payloads.clear();
     // As for one client's bound, what the peers had not taken before this turn decides: a
     // burst written in this turn is not held against clients that read.
     const now = performance.now();
@@ -119,10 +138,9 @@ export class WriteQueue {
     if (this.bufferedBytes > this.limits.maxTotalBufferedBytes) this.enforceTotal(now);
   };
 
-  private track(client: Client, now: number, waitingNow = client.ws.bufferedAmount): void {
-    const waiting = client.done ? 0 : waitingNow;
-    const was = client.backlog;
-    this.bufferedBytes += waiting - was;
+  /** Cut and closing clients are tracked too: until their socket is gone, what they were not sent is still here. */
+  private track(client: Client, now: number, waiting = client.ws.bufferedAmount): void {
+    this.bufferedBytes += waiting - client.backlog;
     client.backlog = waiting;
     if (waiting === 0) {
       this.behind.delete(client);
@@ -134,7 +152,14 @@ export class WriteQueue {
     }
   }
 
-  /** Cuts the clients furthest behind until the backlogs together are within the bound again. */
+  /**
+   * Over the total bound: first the clients already cut (or closing) that still hold a
+   * backlog are dropped at once, largest first; then, if the rest is still over, the live
+   * clients furthest behind are closed with 4003, until the backlogs left to live clients are
+   * within the bound. Those get the usual grace to take their close frame, unless the total
+   * is still over at the next turn or check. So the bytes waiting stay below about twice the
+   * bound, plus what one turn writes.
+   */
   private enforceTotal(now: number): void {
     // Those not written to in this turn may have been read from since they were last seen.
     for (const client of this.behind) this.track(client, now, Math.min(client.backlog, client.ws.bufferedAmount));
@@ -142,11 +167,19 @@ export class WriteQueue {
     if (this.bufferedBytes <= limit) return;
     const furthest = [...this.behind].sort((a, b) => b.backlog - a.backlog);
     for (const client of furthest) {
-      if (this.bufferedBytes <= limit) break;
+      if (this.bufferedBytes <= limit) return;
+      if (!client.done) continue;
+      client.ws.terminate();
+      this.forget(client);
+    }
+    let live = this.bufferedBytes;
+    for (const client of furthest) {
+      if (live <= limit) return;
+      if (client.done) continue;
       this.counters.bufferLimitCuts++;
       this.report.warn("total-buffered",
         `client #${client.id} (${client.ip}) on channel ${client.channel} disconnected: the clients' buffers hold ${this.bufferedBytes} bytes > limits.max_total_buffered_bytes ${limit}, and it was furthest behind (${client.backlog} bytes; it can reconnect and replay)`);
-      this.forget(client);
+      live -= client.backlog;
       client.cut(CLOSE.SLOW_CLIENT);
     }
   }
@@ -175,7 +208,9 @@ export class Client implements Subscriber {
   backlogSince = 0;
   /** What its peer had not taken when its last flush began. */
   waitingBeforeFlush = 0;
+  /** Queued payloads, and for each the offset to wrap it with (resumable clients) or AS_IS. */
   private pending: string[] = [];
+  private offsets: number[] = [];
   private pendingBytes = 0;
 
   constructor(ws: WebSocket, socket: Socket, ip: string, id: number, resumable: boolean, queue: WriteQueue) {
@@ -190,11 +225,14 @@ export class Client implements Subscriber {
 
   send(json: string, offset: number): void {
     if (this.done) return;
-    this.enqueue(this.resumable ? withOffset(json, offset) : json);
+    if (this.resumable) this.enqueue(json, offset, offsetPrefix(offset).length + json.length + OFFSET_SUFFIX.length);
+    else this.enqueue(json, AS_IS, json.length);
   }
 
   gap(firstOffset: number): void {
-    if (this.resumable && !this.done) this.enqueue(gapNotice(firstOffset));
+    if (!this.resumable || this.done) return;
+    const notice = gapNotice(firstOffset);
+    this.enqueue(notice, AS_IS, notice.length);
   }
 
   /** Writes what is queued and the close frame together, in one write. */
@@ -213,6 +251,7 @@ export class Client implements Subscriber {
   cut(close: CloseReason): void {
     this.done = true;
     this.pending = [];
+    this.offsets = [];
     this.pendingBytes = 0;
     this.ws.close(close.code, close.reason);
     setTimeout(() => this.ws.terminate(), CUT_GRACE_MS).unref();
@@ -222,8 +261,10 @@ export class Client implements Subscriber {
   flush(): void {
     if (this.pending.length === 0) return;
     const frames = this.pending;
+    const offsets = this.offsets;
     const bytes = this.pendingBytes;
     this.pending = [];
+    this.offsets = [];
     this.pendingBytes = 0;
     if (this.ws.readyState !== this.ws.OPEN) return;
     const counters = this.queue.counters;
@@ -238,17 +279,27 @@ export class Client implements Subscriber {
       this.queue.report.warn("slow",
         `client #${this.id} (${this.ip}) on channel ${this.channel} fell behind: ${waiting} bytes not taken > limits.max_buffered_bytes ${limit}; disconnected (it can reconnect and replay)`,
       );
-      this.queue.forget(this);
       this.cut(CLOSE.SLOW_CLIENT);
       return;
     }
     const socket = this.socket;
     socket.cork();
     if (!this.raw) {
-      for (let i = 0; i < frames.length; i++) this.ws.send(frames[i], SEND_TEXT);
+      for (let i = 0; i < frames.length; i++) {
+        this.ws.send(offsets[i] === AS_IS ? frames[i] : withOffset(frames[i], offsets[i]), SEND_TEXT);
+      }
     } else if (this.resumable) {
-      // Each resumable client's frames carry its own offsets: nothing to share.
-      for (let i = 0; i < frames.length; i++) socket.write(textFrame(frames[i]));
+      for (let i = 0; i < frames.length; i++) {
+        if (offsets[i] === AS_IS) {
+          socket.write(textFrame(frames[i]));
+        } else {
+          // Its own header and offset, the shared message, the closing brace.
+          const payload = this.queue.sharedPayload(frames[i]);
+          socket.write(frameHead(offsetPrefix(offsets[i]), payload.length + SUFFIX.length));
+          socket.write(payload);
+          socket.write(SUFFIX);
+        }
+      }
     } else {
       for (let i = 0; i < frames.length; i++) socket.write(this.queue.sharedFrame(frames[i]));
     }
@@ -257,29 +308,35 @@ export class Client implements Subscriber {
     counters.sentBytes += bytes;
   }
 
-  private enqueue(frame: string): void {
-    this.pending.push(frame);
-    this.pendingBytes += frame.length;
+  private enqueue(payload: string, offset: number, bytes: number): void {
+    this.pending.push(payload);
+    this.offsets.push(offset);
+    this.pendingBytes += bytes;
     if (this.pending.length === 1) this.queue.add(this);
   }
 }
 
 /** An unmasked, final text frame: the payload is ASCII, so its characters are its bytes. */
 export function textFrame(payload: string): Buffer {
-  const n = payload.length;
+  return frameHead(payload, 0);
+}
+
+/** The start of a text frame whose payload is `start` followed by `more` bytes written separately. */
+function frameHead(start: string, more: number): Buffer {
+  const n = start.length + more;
   const header = n < 126 ? 2 : n < 65536 ? 4 : 10;
-  const frame = Buffer.allocUnsafe(header + n);
-  frame[0] = 0x81;
+  const head = Buffer.allocUnsafe(header + start.length);
+  head[0] = 0x81;
   if (header === 2) {
-    frame[1] = n;
+    head[1] = n;
   } else if (header === 4) {
-    frame[1] = 126;
-    frame.writeUInt16BE(n, 2);
+    head[1] = 126;
+    head.writeUInt16BE(n, 2);
   } else {
-    frame[1] = 127;
-    frame.writeUInt32BE(0, 2);
-    frame.writeUInt32BE(n, 6);
+    head[1] = 127;
+    head.writeUInt32BE(0, 2);
+    head.writeUInt32BE(n, 6);
   }
-  frame.write(payload, header, "latin1");
-  return frame;
+  head.write(start, header, "latin1");
+  return head;
 }

@@ -35,25 +35,30 @@ test("limits.max_total_buffered_bytes: non-readers on a live channel are cut wit
   const payload = "x".repeat(40 * KiB);
   let sent = 0;
   let peak = 0;
-  const cut = () => metricValue(lastMetrics, "recodex_monitor_buffer_limit_disconnects_total");
   let lastMetrics = "";
-  // Pump until the bound has cut clients (the kernel takes a few MB per socket first); at most 4,000 messages.
+  const cut = () => metricValue(lastMetrics, "recodex_monitor_buffer_limit_disconnects_total");
+  const slow = () => metricValue(lastMetrics, "recodex_monitor_slow_client_disconnects_total");
+  // Pump until every attacker is cut (the kernel takes a few MB per socket first); at most 4,000 messages.
   while (sent < 4000) {
     await broker.send("live_channel", "TASK", `t${sent}`, payload);
     sent++;
     if (sent % 50 === 0) {
       lastMetrics = await metricsText(m.httpPort);
       peak = Math.max(peak, metricValue(lastMetrics, "recodex_monitor_buffered_bytes"));
-      if (cut() >= 4) break;
+      if (cut() + slow() >= 6) break;
     }
   }
-  assert.ok(cut() >= 4, `clients cut at the total bound after ${sent} messages (peak ${peak} bytes buffered)`);
-  assert.ok(peak <= 2 * MiB + MiB, `buffered bytes stayed near the bound: peak ${peak}`);
+  // All six grow alike, so the total (2 MiB) is reached long before one client's 1 MiB: the
+  // first cuts are at the total bound; the last two or so may meet their own bound.
+  assert.ok(cut() >= 2 && cut() + slow() >= 6, `after ${sent} messages: ${cut()} cut at the total bound, ${slow()} at their own (peak ${peak} bytes buffered)`);
+  // Cut clients keep what they hold until their grace ends or the next check drops them:
+  // below twice the bound, plus what one turn writes (a few 40 KiB messages to 6 clients).
+  assert.ok(peak <= 2 * 2 * MiB + 2 * MiB, `buffered bytes stayed within twice the bound plus a turn: peak ${peak}`);
   await m.waitFor(/limits\.max_total_buffered_bytes/);
   await broker.send("quiet_channel", "FINISHED");
   assert.deepEqual(await reader.waitMessages(1), ['{"command": "FINISHED"}']);
   const cost = processCost(m.child.pid!);
-  t.diagnostic(`${sent} messages of 40 KiB to 6 non-readers: ${cut()} cut at the total bound, peak ${peak} bytes buffered, RSS ${cost.rssMB} MB`);
+  t.diagnostic(`${sent} messages of 40 KiB to 6 non-readers: ${cut()} cut at the total bound, ${slow()} at their own, peak ${peak} bytes buffered, RSS ${cost.rssMB} MB`);
 });
 
 test("limits.backlog_timeout: a client that stops reading but keeps sending pongs is cut with 4003", async (t) => {

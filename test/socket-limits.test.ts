@@ -113,3 +113,20 @@ test("under ulimit -n 256 a flood of 600 idle sockets meets the default cap, not
   const warnings = m.output().match(/refused connection from/g)?.length ?? 0;
   assert.ok(warnings <= 21, `refusals are rate-limited in the log (${warnings} lines)`);
 });
+
+test("if the process does run out of descriptors (a flood on the ZeroMQ port), libzmq's failed accepts are logged at most 20 times a minute, and relaying resumes once the flood is gone", async (t) => {
+  const m = await monitorWithMetrics(t, 'logger:\n  file: "-"\n  level: info\n', { command: underFileLimit(256) });
+  const { browser: watching } = await watcher(t, m, "after_zmq_flood");
+  const flood: RawSocket[] = [];
+  t.after(() => flood.forEach((s) => s.destroy()));
+  for (let i = 0; i < 300; i++) flood.push(new RawSocket(m.zmqPort));
+  await m.waitFor(/ZeroMQ could not accept a broker connection: EMFILE/);
+  flood.forEach((s) => s.destroy());
+  // A broker that connects after the flood is accepted and relayed.
+  const broker = await Broker.connect(m.zmqPort);
+  t.after(() => broker.close());
+  await broker.send("after_zmq_flood", "FINISHED");
+  assert.equal((await watching.waitMessages(2, 10_000))[1], '{"command": "FINISHED"}');
+  const lines = m.output().match(/ZeroMQ could not accept/g)?.length ?? 0;
+  assert.ok(lines <= 20, `${lines} lines: rate-limited`);
+});
