@@ -39,6 +39,8 @@ export interface WriteLimits {
 
 const SEND_TEXT = Object.freeze({ binary: false });
 const SUFFIX = Buffer.from(OFFSET_SUFFIX, "latin1");
+/** Below this size a resumable frame is built whole: one write beats three, and a copy is cheap. */
+const SHARE_FROM = 1024;
 /** A queued frame that goes out as it is (legacy messages, notices), not wrapped with an offset. */
 const AS_IS = -1;
 /** How long a cut client may take to answer our close frame before its socket is destroyed. */
@@ -292,6 +294,8 @@ export class Client implements Subscriber {
       for (let i = 0; i < frames.length; i++) {
         if (offsets[i] === AS_IS) {
           socket.write(textFrame(frames[i]));
+        } else if (frames[i].length < SHARE_FROM) {
+          socket.write(textFrame(withOffset(frames[i], offsets[i])));
         } else {
           // Its own header and offset, the shared message, the closing brace.
           const payload = this.queue.sharedPayload(frames[i]);

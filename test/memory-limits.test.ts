@@ -87,3 +87,28 @@ test("limits.backlog_timeout: a client that stops reading but keeps sending pong
   await waitUntil(async () => metricValue(await metricsText(m.httpPort), "recodex_monitor_stalled_client_disconnects_total") === 1, 5000, "the stalled-client counter");
   assert.doesNotMatch(m.output(), /did not answer a keepalive ping/, "it answered every ping");
 });
+
+test("resumable clients sharing a large message's bytes each get it whole, with their own offset, byte for byte", async (t) => {
+  const m = await monitorWithMetrics(t);
+  const broker = await Broker.connect(m.zmqPort);
+  t.after(() => broker.close());
+  const clients = await Promise.all(
+    [0, 1, 2].map(async () => {
+      const b = new Browser(`ws://127.0.0.1:${m.wsPort}/`, "recodex-monitor.resume.v1");
+      await b.opened;
+      b.ws.send("shared_big");
+      t.after(() => b.close());
+      return b;
+    }),
+  );
+  await waitUntil(() => (m.output().match(/subscribed to channel shared_big/g) ?? []).length === 3, 5000, "3 subscriptions");
+  const big = "b".repeat(100 * KiB);
+  await broker.send("shared_big", "TASK", "t1", big);
+  await broker.send("shared_big", "TASK", "t2", "small");
+  for (const c of clients) {
+    const [first, second] = await c.waitMessages(2);
+    assert.equal(first, `{"offset": ${JSON.parse(first).offset}, "message": {"command": "TASK", "task_id": "t1", "task_state": "${big}"}}`);
+    assert.equal(JSON.parse(second).offset, JSON.parse(first).offset + 1);
+    assert.equal(second, `{"offset": ${JSON.parse(second).offset}, "message": {"command": "TASK", "task_id": "t2", "task_state": "small"}}`);
+  }
+});
