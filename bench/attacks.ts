@@ -132,14 +132,14 @@ async function nonreaders(): Promise<void> {
   }
   const w = await watching;
   peak = Math.max(peak, cost(m).rssMB);
-  const open = attackers.filter((a) => !a.closed).length;
+  const fdsAtEnd = cost(m).fds;
   attackers.forEach((a) => a.destroy());
   await sleep(10_000);
   const after = cost(m);
   const log = logText(m);
   report("nonreaders: 200 resumable clients that never read, 2,000 messages of 60 KB on their channel", [
     `RSS ${before.rssMB} MB -> peak ${peak} MB; 10 s after the attackers left: ${after.rssMB} MB`,
-    `attackers still connected at the end of the attack: ${open}/200; cut: ${log.match(/fell behind/g)?.length ?? 0} at the per-client bound, ${log.match(/max_total_buffered_bytes/g)?.length ?? 0} at the total bound (log lines, rate-limited)`,
+    `monitor fds at the end of the attack: ${fdsAtEnd} (${before.fds} before it); cut: ${log.match(/fell behind/g)?.length ?? 0} at the per-client bound, ${log.match(/max_total_buffered_bytes/g)?.length ?? 0} at the total bound (log lines, at most 20 a minute each)`,
     `watcher on another channel: ${w.got}/${w.sent} messages, worst delay ${w.worstMs} ms`,
   ]);
   broker.close();
