@@ -2,10 +2,12 @@
 // size-rotated stream that survives write failures (log-file.ts); "-" writes to stderr,
 // which journald picks up under systemd. Every message is made printable on its way out:
 // channel ids, request paths and whatever else a browser or the broker sends can neither
-// start a line of their own nor send escape sequences to a terminal.
+// start a line (or a journal entry) of their own nor send escape sequences to a terminal.
+import { fstatSync } from "node:fs";
 import { Logger as TsLogger, type ILogObj } from "tslog";
 import type { LogLevelName } from "./config.ts";
 import { LogFile } from "./log-file.ts";
+import { printable } from "./printable.ts";
 
 // tslog's numeric levels: 2 debug, 3 info, 4 warn, 5 error, 6 fatal.
 const TSLOG_LEVEL: Readonly<Record<LogLevelName, number>> = Object.freeze({
@@ -24,6 +26,9 @@ const LABEL: Readonly<Record<number, string>> = Object.freeze({
   6: "CRITICAL",
 });
 
+// syslog priorities (sd-daemon(3) "<N>" prefixes) of tslog's levels
+const JOURNAL_PRIORITY: Readonly<Record<number, number>> = Object.freeze({ 2: 7, 3: 6, 4: 4, 5: 3, 6: 2 });
+
 export interface LoggerOptions {
   file: string;
   level: LogLevelName;
@@ -36,12 +41,15 @@ export class Log {
   private readonly file: LogFile | null;
   private level: number;
   private stderrBroken = false;
+  /** stderr is systemd's journal stream: lines carry a priority and no timestamp. */
+  private readonly journal: boolean;
   readonly destination: string;
 
   constructor(options: LoggerOptions) {
     this.level = TSLOG_LEVEL[options.level];
     this.destination = options.file === "-" ? "stderr" : options.file;
     this.file = options.file === "-" ? null : new LogFile(options, { warning: (text) => line(4, text), time: timestamp });
+    this.journal = this.file === null && stderrIsJournal();
     // A closed stderr (the terminal or the parent went away) must neither crash the relay
     // nor loop on logging its own write errors: the log is then lost, the service is not.
     process.stderr.on("error", () => {
@@ -83,7 +91,7 @@ export class Log {
 
   private write(obj: ILogObj): void {
     const meta = obj._logMeta as { logLevelId: number; date: Date } | undefined;
-    const text = line(meta?.logLevelId ?? 3, String(obj[0] ?? ""), meta?.date);
+    const text = line(meta?.logLevelId ?? 3, String(obj[0] ?? ""), meta?.date, this.journal);
     if (this.file === null) {
       if (!this.stderrBroken) process.stderr.write(text);
     } else {
@@ -92,8 +100,23 @@ export class Log {
   }
 }
 
-function line(levelId: number, message: string, date = new Date()): string {
-  return `${timestamp(date)} [${LABEL[levelId] ?? "INFO"}] ${printable(message)}\n`;
+/** One log line; printable() leaves no newline in it, so on the journal it is one entry. */
+function line(levelId: number, message: string, date = new Date(), journal = false): string {
+  const head = journal ? `<${JOURNAL_PRIORITY[levelId] ?? 6}>` : `${timestamp(date)} `;
+  return `${head}[${LABEL[levelId] ?? "INFO"}] ${printable(message)}\n`;
+}
+
+/** systemd names the journal stream it connected to stderr in $JOURNAL_STREAM
+ *  ("device:inode"); a redirected stderr no longer matches it. */
+function stderrIsJournal(): boolean {
+  const stream = process.env.JOURNAL_STREAM;
+  if (!stream) return false;
+  try {
+    const st = fstatSync(2, { bigint: true });
+    return stream === `${st.dev}:${st.ino}`;
+  } catch {
+    return false;
+  }
 }
 
 function timestamp(d: Date): string {
@@ -147,20 +170,4 @@ export class WarnLimiter {
     this.windows.delete(kind);
     if (w.suppressed > 0) this.log.warning(`${w.suppressed} more "${kind}" warnings suppressed in the last ${this.windowMs / 1000} s`);
   }
-}
-
-// C0 and C1 controls (newline, carriage return, ESC: the start of every ANSI sequence), DEL,
-// the Unicode line and paragraph separators, the bidirectional overrides and isolates, lone
-// surrogates, and the backslash that introduces the escapes themselves.
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069\\]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
-const UNPRINTABLE_ALL = new RegExp(UNPRINTABLE.source, "g");
-const ESCAPES: Readonly<Record<string, string>> = Object.freeze({ "\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\" });
-
-/** `text` with every character that could forge a log line or drive a terminal escaped as \n, \xNN or \uNNNN. */
-export function printable(text: string): string {
-  if (!UNPRINTABLE.test(text)) return text;
-  return text.replace(UNPRINTABLE_ALL, (c) => {
-    const code = c.charCodeAt(0);
-    return ESCAPES[c] ?? (code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`);
-  });
 }

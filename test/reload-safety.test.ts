@@ -3,10 +3,10 @@
 // every configured limit.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { reloadConfig } from "../src/config.ts";
-import { writeConfig } from "./helpers.ts";
-import { editConfig, monitor, reload, upgradeOutcome } from "./feature-helpers.ts";
+import { upgradeOutcome } from "./helpers/browser.ts";
+import { monitor, writeConfig } from "./helpers/monitor-process.ts";
 
 test("reloadConfig refuses an empty, whitespace-only or comment-only file and reads any other", () => {
   for (const text of ["", "   \n\t\n", "# only a comment\n\n"]) {
@@ -22,19 +22,18 @@ test("reloadConfig refuses an empty, whitespace-only or comment-only file and re
 
 test("SIGHUP with an emptied config file keeps the running limits and says why", async (t) => {
   const m = await monitor(t, { extraYaml: "access:\n  max_connections: 1\n" });
-  const url = `ws://127.0.0.1:${m.wsPort}/`;
-  const first = await upgradeOutcome(url);
+  const original = readFileSync(m.configPath, "utf8");
+  const first = await upgradeOutcome(m.url());
   t.after(() => first.browser.close());
   assert.equal(first.status, "open");
   for (const text of ["", " \n\n  \n"]) {
     writeFileSync(m.configPath, text);
-    assert.match(await reload(m), /configuration not reloaded, keeping the running one: config file \S+ is empty/);
-    const second = await upgradeOutcome(url);
+    assert.match(await m.reload(), /configuration not reloaded, keeping the running one: config file \S+ is empty/);
+    const second = await upgradeOutcome(m.url());
     t.after(() => second.browser.close());
     assert.equal(second.status, 503, "max_connections: 1 still applies");
   }
   // A real edit is applied again.
-  writeFileSync(m.configPath, "");
-  editConfig(m, () => `websocket_uri: ["127.0.0.1", ${m.wsPort}]\nzeromq_uri: ["127.0.0.1", ${m.zmqPort}]\nlogger:\n  file: "-"\n  level: debug\naccess:\n  max_connections: 2\n`);
-  assert.match(await reload(m), /configuration reloaded: access\.max_connections: 1 -> 2/);
+  writeFileSync(m.configPath, original.replace("max_connections: 1", "max_connections: 2"));
+  assert.match(await m.reload(), /configuration reloaded: access\.max_connections: 1 -> 2/);
 });

@@ -1,24 +1,21 @@
 // The packaged reverse-proxy recipe, for real: nginx terminates TLS and serves the snippet
 // from packaging/reverse-proxy/nginx.conf; headless Chromium opens a page that subscribes
 // through wss://.../ws/ the way the ReCodEx web-app does; a job goes in on the ZeroMQ side.
-// Needs /usr/sbin/nginx, /usr/bin/chromium and openssl (Debian: nginx-light chromium).
+// Needs /usr/sbin/nginx and /usr/bin/chromium (Debian: nginx-light chromium). Behind the same
+// recipe, with the packaged config's access.trusted_proxies, each user has an address of
+// their own (nginx only).
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
-import { Broker, delay, freePort, ROOT, startMonitor, tempDir, type MonitorProcess } from "./helpers.ts";
-import {
-  Chromium,
-  makeCertificate,
-  killOnExit,
-  missingTools,
-  splitNginxSnippet,
-  nginxMissing,
-  startNginx,
-  type NginxProcess,
-} from "./proxy-helpers.ts";
-import { upgradeOutcome } from "./feature-helpers.ts";
+import { parse } from "yaml";
+import { Broker } from "./helpers/broker.ts";
+import { upgradeOutcome } from "./helpers/browser.ts";
+import { monitor, ROOT, startMonitor, tempDir, type MonitorProcess } from "./helpers/monitor-process.ts";
+import { Chromium, missingTools, nginxMissing, splitNginxSnippet, startNginx, type NginxProcess } from "./helpers/reverse-proxy.ts";
+import { CERT_A } from "./helpers/tls.ts";
+import { escapeRegExp, waitUntil } from "./helpers/wait.ts";
 
 const SNIPPET = join(ROOT, "packaging", "reverse-proxy", "nginx.conf");
 const PAGE = join(ROOT, "test", "fixtures", "reverse-proxy-page.html");
@@ -63,25 +60,6 @@ interface PageState {
   errors: number;
 }
 
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-}
-
-async function waitForFile(path: string, pattern: RegExp, ms: number): Promise<string> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    let text = "";
-    try {
-      text = readFileSync(path, "utf8");
-    } catch {
-      /* not written yet */
-    }
-    if (pattern.test(text)) return text;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern} in ${path}:\n${text}`);
-    await delay(25);
-  }
-}
-
 test(
   "web-app style page in headless Chromium gets a job through nginx (wss://…/ws/)",
   { skip: missing ?? false, timeout: 60_000 },
@@ -97,7 +75,6 @@ test(
       // The snippet as an admin would paste it, with the monitor's port instead of 4567.
       monitor = await startMonitor();
       const m = monitor;
-      killOnExit(m.child);
       cleanups.push(async () => void (await m.stop()));
       const snippetText = readFileSync(SNIPPET, "utf8");
       assert.equal(
@@ -110,13 +87,12 @@ test(
       assert.equal(snippet.server.length, 1, "the snippet has one location block for the server context");
       assert.match(snippet.server[0], /^location \/ws\/ \{/);
 
-      const { cert, key } = makeCertificate(dir);
       const www = join(dir, "www");
       mkdirSync(www);
       writeFileSync(join(www, "index.html"), readFileSync(PAGE));
-      const port = await freePort();
-      nginx = await startNginx({ dir, port, cert, key, root: www, snippet });
+      nginx = await startNginx({ dir, cert: CERT_A.cert, key: CERT_A.key, root: www, snippet });
       const n = nginx;
+      const port = n.port;
       cleanups.push(() => n.stop());
 
       const broker = await Broker.connect(m.zmqPort);
@@ -134,22 +110,15 @@ test(
       const pageUrl = `https://127.0.0.1:${port}/?channel=${encodeURIComponent(channel)}`;
       await c.navigate(pageUrl);
       // The page's socket is open and the monitor has its subscription.
-      await c.waitFor<boolean>("window.monitorState.opened || window.monitorState.close", 10_000, "the page's socket");
-      const subscribed = await m.waitFor(
-        new RegExp(`client #\\d+ \\((\\S+)\\) subscribed to channel ${escapeRegExp(channel)}`),
-        10_000,
-      );
+      await c.waitFor<boolean>("window.monitorState.opened || window.monitorState.close", "the page's socket");
+      const subscribed = await m.waitFor(new RegExp(`client #\\d+ \\((\\S+)\\) subscribed to channel ${escapeRegExp(channel)}`));
       // The monitor sees nginx (loopback), on the path nginx forwards (/ws/ stripped).
       assert.match(subscribed, /\(127\.0\.0\.1\) subscribed/);
       assert.match(m.output(), /client #\d+ connected from 127\.0\.0\.1 \(\/\)/);
 
       for (const step of JOB) await broker.send(channel, ...(step.frames as [string, ...string[]]));
 
-      const state = await c.waitFor<PageState>(
-        "window.monitorState.close && window.monitorState",
-        10_000,
-        "the monitor to close the page's socket",
-      );
+      const state = await c.waitFor<PageState>("window.monitorState.close && window.monitorState", "the monitor to close the page's socket");
       t.diagnostic(`page received ${state.frames.length} frames, closed with ${state.close!.code}`);
 
       // Exactly those messages, in order, byte for byte; then a clean close with 1000.
@@ -173,15 +142,11 @@ test(
       assert.equal(state.url, `wss://127.0.0.1:${port}/ws/`);
 
       // nginx logged the upgrade on /ws/ (101) towards the monitor's port once the socket closed.
-      const access = await waitForFile(
-        n.accessLog,
-        new RegExp(`^127\\.0\\.0\\.1 "GET /ws/ HTTP/1\\.1" 101 upstream=127\\.0\\.0\\.1:${m.wsPort} upgrade=websocket$`, "m"),
-        5000,
-      );
-      assert.match(access, /"GET \/\?channel=\S+ HTTP\/1\.1" 200 /);
+      const upgraded = new RegExp(`^"GET /ws/ HTTP/1\\.1" 101 upstream=127\\.0\\.0\\.1:${m.wsPort} upgrade=websocket$`, "m");
+      await waitUntil(() => existsSync(n.accessLog) && upgraded.test(readFileSync(n.accessLog, "utf8")), "the upgrade in nginx's access log");
+      assert.match(readFileSync(n.accessLog, "utf8"), /"GET \/\?channel=\S+ HTTP\/1\.1" 200 /);
 
       // The page as rendered, for the record.
-      await delay(100);
       const png = await c.screenshot();
       assert.equal(png.subarray(1, 4).toString("latin1"), "PNG");
       const shot = join(dir, "reverse-proxy.png");
@@ -218,39 +183,34 @@ test(
 );
 
 test(
-  "behind the nginx recipe with access.trusted_proxies, two users get separate per-address budgets and a client's own X-Forwarded-For is not believed",
+  "behind the nginx recipe with the packaged access.trusted_proxies, two users get separate per-address budgets and a client's own X-Forwarded-For is not believed",
   { skip: nginxMissing() ?? false, timeout: 60_000 },
   async (t) => {
+    const packaged = (parse(readFileSync(join(ROOT, "config.yml"), "utf8")) as { access: Record<string, unknown> }).access;
+    const access = { trusted_proxies: packaged.trusted_proxies, forwarded_header: packaged.forwarded_header, max_connections_per_ip: 1 };
+    const m = await monitor(t, { extraYaml: `access: ${JSON.stringify(access)}\n` });
     const dir = tempDir("rmon-proxy-ip-");
-    const m = await startMonitor({
-      extraYaml: 'access:\n  trusted_proxies: ["127.0.0.1"]\n  max_connections_per_ip: 1\n',
-    });
-    killOnExit(m.child);
-    t.after(() => m.stop("SIGKILL"));
-    const snippet = splitNginxSnippet(readFileSync(SNIPPET, "utf8").replace(PACKAGED_UPSTREAM, `http://127.0.0.1:${m.wsPort}/`));
-    const { cert, key } = makeCertificate(dir);
     const www = join(dir, "www");
     mkdirSync(www);
     writeFileSync(join(www, "index.html"), "<!doctype html>\n");
-    const port = await freePort();
-    const nginx = await startNginx({ dir, port, cert, key, root: www, snippet });
+    const snippet = splitNginxSnippet(readFileSync(SNIPPET, "utf8").replace(PACKAGED_UPSTREAM, `http://127.0.0.1:${m.wsPort}/`));
+    const nginx = await startNginx({ dir, cert: CERT_A.cert, key: CERT_A.key, root: www, snippet });
     t.after(() => nginx.stop());
-    const url = `wss://127.0.0.1:${port}/ws/`;
-    const via = (localAddress: string, headers: Record<string, string> = {}) =>
-      upgradeOutcome(url, { localAddress, rejectUnauthorized: false, headers });
+    const ca = readFileSync(CERT_A.cert);
+    const via = async (localAddress: string, headers: Record<string, string> = {}) => {
+      const outcome = await upgradeOutcome(`wss://127.0.0.1:${nginx.port}/ws/`, { localAddress, ca, headers });
+      t.after(() => outcome.browser.close());
+      return outcome.status;
+    };
 
-    // Each user (its own source address towards nginx) has one slot.
-    const alice = await via("127.0.0.2");
-    t.after(() => alice.browser.close());
-    const bob = await via("127.0.0.3");
-    t.after(() => bob.browser.close());
-    assert.deepEqual([alice.status, bob.status], ["open", "open"], "before: every user is 127.0.0.1 and bob got 429");
+    // Each user (a source address of their own towards nginx) has one slot. Without
+    // trusted_proxies both would be 127.0.0.1, and bob would get 429.
+    assert.equal(await via("127.0.0.2"), "open", "alice");
+    assert.equal(await via("127.0.0.3"), "open", "bob");
     await m.waitFor(/client #\d+ connected from 127\.0\.0\.2 /);
     await m.waitFor(/client #\d+ connected from 127\.0\.0\.3 /);
     // Alice's second tab is over her budget, even when it claims to come from elsewhere.
-    const aliceAgain = await via("127.0.0.2", { "X-Forwarded-For": "127.0.0.9" });
-    t.after(() => aliceAgain.browser.close());
-    assert.equal(aliceAgain.status, 429);
+    assert.equal(await via("127.0.0.2", { "X-Forwarded-For": "127.0.0.9" }), 429);
     await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.2: too many connections from this address/);
     assert.doesNotMatch(m.output(), /127\.0\.0\.9/);
     rmSync(dir, { recursive: true, force: true });
