@@ -78,7 +78,7 @@ export async function measureRedisRun(shape: RedisShape, variant: RedisVariant, 
   const servers: Server[] = [];
   const children: Child[] = []; // the clients, then the sender
   try {
-    let extra = ["http: {enabled: true}"];
+    let extra = ["http: {enabled: true, on_websocket_port: true}"];
     if (variant !== "memory") {
       redis = await startRedis();
       extra = [...extra, `store: {kind: redis, redis: {url: "unix://${redis.socket}?db=0"}}`];

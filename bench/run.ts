@@ -3,15 +3,18 @@
 //   npm run bench                 full run (~5-8 min), writes bench/RESULTS.md
 //   npm run bench -- --smoke      small shapes (< 60 s), exit 1 on any lost/reordered message
 //   npm run bench -- --soak       1,000,000 messages over 100,000 channels, writes bench/SOAK.md
+//   npm run bench -- --attacks    the attacks of issue 10 on the monitor, writes bench/ATTACKS.md
 //
 // Options: --rounds N (alternating floor/monitor rounds, default 3), --target floor|monitor|both,
-// --shapes a,b,c,redis (subset of the shape keys), --out FILE, --no-startup.
+// --shapes a,b,c,redis (subset of the shape keys), --out FILE, --no-startup; with --attacks,
+// --only a,b (subset of the attacks) and --target binary (dist/recodex-monitor).
 //
 // The runner: the command line and the order of things. The shapes are in shapes.ts, the
 // relay under test in relay.ts, one measured run in measure.ts (the Redis shape's in
-// redis-shape.ts), the soak in soak.ts and bench/RESULTS.md in report.ts.
+// redis-shape.ts), the soak in soak.ts, the attacks in attacks.ts and bench/RESULTS.md in report.ts.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { ATTACK_NAMES, attacks } from "./attacks.ts";
 import { bareNodeMs, measureRun, measureStartup, type RunResult, type Startup } from "./measure.ts";
 import { measureRedisRun, redisShapeMissing, type RedisRunResult } from "./redis-shape.ts";
 import { BENCH, BINARY, MONITOR_SRC, type RelaySettings, type TargetName } from "./relay.ts";
@@ -29,10 +32,11 @@ const option = (name: string, dflt: string) => {
 };
 const SMOKE = flag("--smoke");
 const SOAK = flag("--soak");
+const ATTACKS = flag("--attacks");
 const ROUNDS = Number(option("--rounds", SMOKE ? "1" : "3"));
 const TARGETS = option("--target", "both");
 const SHAPES_WANTED = option("--shapes", "");
-const OUT = option("--out", SMOKE ? "" : join(BENCH, SOAK ? "SOAK.md" : "RESULTS.md"));
+const OUT = option("--out", SMOKE ? "" : join(BENCH, SOAK ? "SOAK.md" : ATTACKS ? "ATTACKS.md" : "RESULTS.md"));
 const STARTUP = !flag("--no-startup");
 const SETTINGS: RelaySettings = {
   nodeArgs: option("--node-args", "").split(" ").filter((a) => a !== ""),
@@ -47,6 +51,13 @@ const faultsOf = (r: RunResult) => r.faults.lost + r.faults.reordered + r.faults
 
 async function main(): Promise<void> {
   const t0 = nowNs();
+  if (ATTACKS) {
+    const binary = TARGETS === "binary";
+    const text = await attacks(option("--only", ATTACK_NAMES.join(",")).split(","), binary ? [BINARY] : [process.execPath, MONITOR_SRC], binary ? "dist/recodex-monitor" : "node src/main.ts");
+    if (OUT) writeFileSync(OUT, text);
+    console.log(text);
+    return;
+  }
   const monitorPresent = existsSync(MONITOR_SRC);
   let targets: TargetName[] = TARGETS === "both" ? ["floor", "monitor"] : [TARGETS as TargetName];
   if (!monitorPresent && targets.includes("monitor")) {

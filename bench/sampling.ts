@@ -1,5 +1,6 @@
-// Measuring: monotonic time, CPU and memory of a process from /proc, latency percentiles.
-import { readFileSync } from "node:fs";
+// Measuring: monotonic time, CPU, memory and descriptors of a process from /proc, latency
+// percentiles.
+import { readdirSync, readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 
 /** Current monotonic time in ns as a Number (exact: CLOCK_MONOTONIC is far below 2^53 ns). */
@@ -54,6 +55,15 @@ export function memInfo(pid: number): MemInfo {
     return { rssKB: rss ? Number(rss[1]) : NaN, hwmKB: hwm ? Number(hwm[1]) : NaN };
   } catch {
     return { rssKB: NaN, hwmKB: NaN };
+  }
+}
+
+/** How many file descriptors the process has open; NaN when the process is gone. */
+export function openFds(pid: number): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return NaN;
   }
 }
 

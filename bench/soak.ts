@@ -27,7 +27,7 @@ export async function soak(target: TargetName, load: SoakLoad, settings: RelaySe
   // --trace-gc: the JS heap left after each full GC shows live memory, which RSS (V8 keeps
   // freed pages for a while) does not; /metrics gives the monitor's own channel accounting
   const server = await startServer(target, SOAK_RETENTION, settings, {
-    extraConfig: isMonitor ? ["http: {enabled: true}"] : [],
+    extraConfig: isMonitor ? ["http: {enabled: true, on_websocket_port: true}"] : [],
     nodeArgs: target === "binary" ? [] : ["--trace-gc", ...NODE_ARGS],
   });
   let liveHeapMB = NaN;

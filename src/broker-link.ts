@@ -12,6 +12,8 @@ export interface BrokerHandlers {
   invalid(reason: string, channel: string | undefined): void;
   exit(): void;
   peer(event: "connected" | "disconnected", address: string): void;
+  /** libzmq could not accept a peer (EMFILE: the process is out of file descriptors). */
+  acceptFailed(reason: string): void;
 }
 
 // Under Deno, zeromq's wait for readability (a libuv poll handle) never fires, while
@@ -142,6 +144,8 @@ export class BrokerLink {
         } else if (event.type === "disconnect") {
           this.peers = Math.max(0, this.peers - 1);
           this.handlers.peer("disconnected", event.address);
+        } else if (event.type === "accept:error") {
+          this.handlers.acceptFailed(reasonOf(event.error));
         }
       }
     } catch {

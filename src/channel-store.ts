@@ -168,6 +168,11 @@ export class ChannelStore implements Store {
     return this.channels.get(id);
   }
 
+  hasMessages(id: string): boolean {
+    const ch = this.channels.get(id);
+    return ch !== undefined && ch.nextOffset > ch.baseOffset;
+  }
+
   /** New limits apply from the next message or sweep; nothing already kept is lost at once. */
   setLimits(limits: RetentionLimits, store?: StoreSettings): void {
     this.limits = { ...limits };

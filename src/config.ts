@@ -5,6 +5,7 @@
 // meaning; everything new lives in its own section.
 import { readFileSync } from "node:fs";
 import { parse as parseYaml, YAMLParseError } from "yaml";
+import { FORWARDED_HEADERS, parseAddressPattern, type ForwardedHeader } from "./client-address.ts";
 import { MonitorError, monitorError, reasonOf } from "./errors.ts";
 
 export type Address = readonly [host: string, port: number];
@@ -62,6 +63,11 @@ const stringList: Check<readonly string[]> = (v) =>
   Array.isArray(v) && v.every((s) => typeof s === "string" && s.length > 0)
     ? { ok: true, value: [...(v as string[])] }
     : { ok: false, expected: "a list of non-empty strings" };
+
+const addressPatterns: Check<readonly string[]> = (v) =>
+  Array.isArray(v) && v.every((s) => typeof s === "string" && parseAddressPattern(s) !== null)
+    ? { ok: true, value: [...(v as string[])] }
+    : { ok: false, expected: 'a list of IPv4 or IPv6 addresses or CIDRs (e.g. ["127.0.0.1", "10.0.0.0/8", "::1"])' };
 
 const address: Check<Address> = (v) => {
   const expected = "[host, port] with a port from 0 to 65535 (empty host: all interfaces)";
@@ -124,6 +130,12 @@ export const DECLARATION = Object.freeze({
     subscribe_timeout: new Key(10, seconds(0.01, 3600), LIVE, "a client that sends no channel id this long is closed with 4002"),
     max_buffered_bytes: new Key(4 * MiB, integer(1024), LIVE,
       "per-client outbound bound; a client that falls behind past it is closed with 4003 (must be >= `max_bytes_per_channel`)"),
+    max_total_buffered_bytes: new Key(64 * MiB, integer(1024), LIVE,
+      "bound on the bytes waiting in all clients' buffers together; past it the clients furthest behind are closed with 4003 (must be >= `max_buffered_bytes`)"),
+    backlog_timeout: new Key(30, seconds(0.01, 3600), LIVE,
+      "a client whose outbound backlog has not shrunk for this long is closed with 4003, whatever pongs it sends"),
+    handshake_timeout: new Key(10, seconds(0.01, 3600), LIVE,
+      "a connection must complete its TLS handshake and send its upgrade request's headers within this time after it is accepted; else it is closed"),
     drain_timeout: new Key(5, seconds(0, 60), LIVE, "how long shutdown waits for clients to complete the close handshake"),
   },
   keepalive: {
@@ -142,7 +154,9 @@ export const DECLARATION = Object.freeze({
   },
   http: {
     enabled: new Key(false, boolean, RESTART, "serve `/livez`, `/readyz`, `/metrics`"),
-    uri: new Key<Address | null>(null, nullable(address), RESTART, "`[host, port]` for those endpoints; unset = on the WebSocket port", "unset"),
+    uri: new Key<Address | null>(null, nullable(address), RESTART, "`[host, port]` for those endpoints (keep it on loopback)", "unset"),
+    on_websocket_port: new Key(false, boolean, RESTART,
+      "serve the endpoints on the WebSocket port instead of `http.uri` (a reverse proxy in front would make them public)"),
   },
   store: {
     kind: new Key<"memory" | "redis">("memory", oneOf(["memory", "redis"] as const), RESTART,
@@ -166,12 +180,19 @@ export const DECLARATION = Object.freeze({
     allowed_origins: new Key<readonly string[]>([], stringList, LIVE,
       "browser `Origin`s allowed to connect (exact match, e.g. `https://recodex.example.org`); clients that send no Origin (non-browsers) are allowed; others get HTTP 403",
       "`[]` (any)"),
-    max_connections: new Key(0, integer(0), LIVE, "more: HTTP 503", "`0` (no cap)"),
+    max_connections: new Key(0, integer(0), LIVE,
+      "open connections on the WebSocket port, counted from accept (also those still in their handshake); more: HTTP 503. `0`: the open-files limit minus a reserve (Configuration, below), which also caps a higher value",
+      "`0` (from the open-files limit)"),
     max_connections_per_ip: new Key(0, integer(0), LIVE,
-      "more from one address: HTTP 429 (behind a reverse proxy every client has the proxy's address)", "`0` (no cap)"),
+      "more from one client address (counted from accept, or from the upgrade behind a trusted proxy): HTTP 429", "`0` (no cap)"),
     upgrades_per_second_per_ip: new Key(0, seconds(0, 1e6), LIVE, "new connections per second per address (token bucket); more: HTTP 429",
       "`0` (no limit)"),
     upgrade_burst: new Key(20, integer(1), LIVE, "the bucket's size"),
+    trusted_proxies: new Key<readonly string[]>([], addressPatterns, LIVE,
+      "reverse proxies (addresses or CIDRs, IPv4 or IPv6): for a connection from one of them the client address is the rightmost address in `forwarded_header` that is not itself a trusted proxy; for any other peer the header is ignored",
+      "`[]` (none)"),
+    forwarded_header: new Key<ForwardedHeader>("X-Forwarded-For", oneOf(FORWARDED_HEADERS), LIVE,
+      "the header the trusted proxies append the client address to: `X-Forwarded-For` or `Forwarded` (RFC 7239)"),
   },
 });
 
@@ -290,6 +311,13 @@ function checkConsistency(c: Config): void {
       `at least retention.max_bytes_per_channel (${c.retention.max_bytes_per_channel})`,
     );
   }
+  if (c.limits.max_total_buffered_bytes < c.limits.max_buffered_bytes) {
+    throw invalid(
+      "limits.max_total_buffered_bytes",
+      c.limits.max_total_buffered_bytes,
+      `at least limits.max_buffered_bytes (${c.limits.max_buffered_bytes})`,
+    );
+  }
   if ((c.websocket.tls_cert === null) !== (c.websocket.tls_key === null)) {
     const key = c.websocket.tls_cert === null ? "websocket.tls_cert" : "websocket.tls_key";
     throw invalid(key, null, "a path: TLS needs both websocket.tls_cert and websocket.tls_key");
@@ -300,6 +328,16 @@ function checkConsistency(c: Config): void {
   if (c.http.uri !== null && !c.http.enabled) {
     throw invalid("http.enabled", false, "true when http.uri is set");
   }
+  if (c.http.on_websocket_port && !c.http.enabled) {
+    throw invalid("http.enabled", false, "true when http.on_websocket_port is set");
+  }
+  if (c.http.enabled && c.http.uri === null && !c.http.on_websocket_port) {
+    throw invalid("http.uri", null,
+      '[host, port] for the endpoints (e.g. ["127.0.0.1", 4568]), or http.on_websocket_port: true to serve them on the WebSocket port');
+  }
+  if (c.http.uri !== null && c.http.on_websocket_port) {
+    throw invalid("http.on_websocket_port", true, "false when http.uri is set (the endpoints are served in one place)");
+  }
 }
 
 /** Reads and checks the config file; without a path, the defaults with logging to stderr. */
@@ -307,6 +345,22 @@ export function loadConfig(path: string | undefined): LoadedConfig {
   if (path === undefined) {
     return validateConfig({ logger: { file: "-" } }, null);
   }
+  return check(path, readDocument(path));
+}
+
+/**
+ * loadConfig for a SIGHUP. An empty file (or one of only blanks and comments) is refused: at
+ * a reload it is far more likely a file caught while being written, or truncated by mistake,
+ * than a wish to drop every setting back to its default.
+ */
+export function reloadConfig(path: string | undefined): LoadedConfig {
+  if (path === undefined) return loadConfig(path);
+  const doc = readDocument(path);
+  if (doc === null || doc === undefined) throw monitorError("RMON_ERR_CONFIG_EMPTY", { path });
+  return check(path, doc);
+}
+
+function readDocument(path: string): unknown {
   let textContent: string;
   try {
     textContent = readFileSync(path, "utf8");
@@ -315,14 +369,16 @@ export function loadConfig(path: string | undefined): LoadedConfig {
     if (code === "ENOENT") throw monitorError("RMON_ERR_CONFIG_NOT_FOUND", { path });
     throw monitorError("RMON_ERR_CONFIG_UNREADABLE", { path, reason: code === "EISDIR" ? "it is a directory" : reasonOf(err) });
   }
-  let doc: unknown;
   try {
-    doc = parseYaml(textContent, { uniqueKeys: true });
+    return parseYaml(textContent, { uniqueKeys: true });
   } catch (err) {
     const where = err instanceof YAMLParseError && err.linePos ? ` (line ${err.linePos[0].line})` : "";
     const reason = ((err as Error).message.split("\n")[0] ?? "").trim();
     throw monitorError("RMON_ERR_CONFIG_SYNTAX", { path, where, reason });
   }
+}
+
+function check(path: string, doc: unknown): LoadedConfig {
   try {
     return validateConfig(doc, path);
   } catch (err) {

@@ -29,6 +29,8 @@ export const ERRORS = Object.freeze({
     `config file ${p.path} cannot be read: ${p.reason}`),
   RMON_ERR_CONFIG_SYNTAX: entry(EXIT.CONFIG, "the config file is not valid YAML", (p: { path: string; where: string; reason: string }) =>
     `config file ${p.path} is not valid YAML${p.where}: ${p.reason}`),
+  RMON_ERR_CONFIG_EMPTY: entry(EXIT.CONFIG, "on SIGHUP, the config file is empty: the running configuration is kept",
+    (p: { path: string }) => `config file ${p.path} is empty (or only blanks and comments); to reset every key to its default, write "{}"`),
   RMON_ERR_CONFIG_INVALID: entry(EXIT.CONFIG, "a config value is invalid", (p: { key: string; got: string; expected: string }) =>
     `config key "${p.key}": got ${p.got}, expected ${p.expected}`),
   RMON_ERR_TLS: entry(EXIT.CONFIG, "the TLS certificate or key cannot be loaded", (p: { what: string; reason: string }) =>

@@ -1,9 +1,10 @@
 // Health and metrics over HTTP: /livez, /readyz and /metrics (Prometheus text format via
-// prom-client), served on the WebSocket port or on a port of their own (http.uri).
+// prom-client), served on a port of their own (http.uri) or, when the config says so, on the
+// WebSocket port. Anything else is answered and its connection closed, its body unread.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Counter, Gauge, Registry } from "prom-client";
 import type { Address } from "./config.ts";
-import { listenOn } from "./web-server.ts";
+import { answerAndClose, listenOn } from "./web-server.ts";
 import type { Monitor } from "./monitor.ts";
 
 export class HttpEndpoints {
@@ -20,7 +21,9 @@ export class HttpEndpoints {
   readonly handler = (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {
-      reply(res, 405, "method not allowed\n");
+      answerAndClose(res, 405, TEXT, "method not allowed\n");
+    } else if (hasBody(req)) {
+      answerAndClose(res, 400, TEXT, "a GET has no body\n");
     } else if (path === "/livez") {
       reply(res, 200, "ok\n");
     } else if (path === "/readyz") {
@@ -35,7 +38,7 @@ export class HttpEndpoints {
         (err: Error) => reply(res, 500, `metrics failed: ${err.message}\n`),
       );
     } else {
-      reply(res, 404, "not found: try /livez, /readyz or /metrics (WebSocket clients: connect with an Upgrade)\n");
+      answerAndClose(res, 404, TEXT, "not found: try /livez, /readyz or /metrics (WebSocket clients: connect with an Upgrade)\n");
     }
   };
 
@@ -74,6 +77,9 @@ export class HttpEndpoints {
     const s = m.store.counters;
     const g = m.gateway.counters;
     gauge("recodex_monitor_connections", "Open WebSocket connections", () => m.gateway.connections);
+    gauge("recodex_monitor_sockets", "Open connections on the WebSocket port, from accept (also those not yet upgraded)", () => m.gateway.sockets);
+    gauge("recodex_monitor_max_connections", "The connection cap in force (access.max_connections or the open-files limit)", () => m.gateway.maxConnections);
+    gauge("recodex_monitor_buffered_bytes", "Bytes written to WebSocket clients and not yet taken by them", () => m.gateway.bufferedBytes);
     gauge("recodex_monitor_channels", "Channels kept", () => m.store.size);
     gauge("recodex_monitor_stored_messages", "Messages kept for replay", () => m.store.totalMessages);
     gauge("recodex_monitor_stored_bytes", "Bytes of messages kept for replay", () => m.store.totalBytes);
@@ -91,6 +97,10 @@ export class HttpEndpoints {
     counter("recodex_monitor_replayed_messages_total", "Messages sent from history", () => s.replayedMessages);
     counter("recodex_monitor_resumes_total", "Subscriptions that resumed after an offset", () => g.resumes);
     counter("recodex_monitor_slow_client_disconnects_total", "Clients dropped for exceeding limits.max_buffered_bytes", () => g.slowClients);
+    counter("recodex_monitor_buffer_limit_disconnects_total", "Clients dropped, furthest behind first, at limits.max_total_buffered_bytes", () => g.bufferLimitCuts);
+    counter("recodex_monitor_stalled_client_disconnects_total", "Clients dropped for a backlog that did not shrink in limits.backlog_timeout", () => g.stalledClients);
+    counter("recodex_monitor_handshake_timeouts_total", "Connections closed for not completing their request headers in limits.handshake_timeout", () => g.handshakeTimeouts);
+    counter("recodex_monitor_unknown_channel_subscriptions_total", "Subscriptions to channels the broker had not written to", () => g.unknownChannelSubscriptions);
     counter("recodex_monitor_ping_timeout_disconnects_total", "Clients dropped for not answering a keepalive ping", () => g.pingTimeouts);
     counter("recodex_monitor_subscribe_timeouts_total", "Clients closed for sending no channel id in time", () => g.subscribeTimeouts);
     counter("recodex_monitor_bad_first_messages_total", "Clients closed for a binary, empty or oversized first message", () => g.badFirstMessage);
@@ -109,7 +119,7 @@ export class HttpEndpoints {
     const lastRefused: Record<string, number> = {};
     new Counter({
       name: "recodex_monitor_refused_upgrades_total",
-      help: "WebSocket upgrades refused, by reason",
+      help: "Connections (at accept) and WebSocket upgrades refused, by reason",
       labelNames: ["reason"],
       registers,
       collect() {
@@ -120,6 +130,13 @@ export class HttpEndpoints {
       },
     });
   }
+}
+
+const TEXT = Object.freeze({ "Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store" });
+
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers["content-length"];
+  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
 }
 
 function reply(res: ServerResponse, status: number, body: string, type = "text/plain; charset=utf-8"): void {

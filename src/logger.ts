@@ -1,12 +1,13 @@
 // Logging through tslog with the original monitor's level names. The file sink is a
-// size-rotated stream (rotating-file-stream, logrotate-style names monitor.log.1 ...);
-// "-" writes to stderr, which journald picks up under systemd.
-import { closeSync, fstatSync, mkdirSync, openSync } from "node:fs";
-import { basename, dirname } from "node:path";
-import { createStream, type RotatingFileStream } from "rotating-file-stream";
+// size-rotated stream that survives write failures (log-file.ts); "-" writes to stderr,
+// which journald picks up under systemd. Every message is made printable on its way out:
+// channel ids, request paths and whatever else a browser or the broker sends can neither
+// start a line (or a journal entry) of their own nor send escape sequences to a terminal.
+import { fstatSync } from "node:fs";
 import { Logger as TsLogger, type ILogObj } from "tslog";
 import type { LogLevelName } from "./config.ts";
-import { monitorError, reasonOf } from "./errors.ts";
+import { LogFile } from "./log-file.ts";
+import { printable } from "./printable.ts";
 
 // tslog's numeric levels: 2 debug, 3 info, 4 warn, 5 error, 6 fatal.
 const TSLOG_LEVEL: Readonly<Record<LogLevelName, number>> = Object.freeze({
@@ -37,7 +38,7 @@ export interface LoggerOptions {
 
 export class Log {
   private readonly tslog: TsLogger<ILogObj>;
-  private readonly stream: RotatingFileStream | null;
+  private readonly file: LogFile | null;
   private level: number;
   private stderrBroken = false;
   /** stderr is systemd's journal stream: lines carry a priority and no timestamp. */
@@ -47,8 +48,8 @@ export class Log {
   constructor(options: LoggerOptions) {
     this.level = TSLOG_LEVEL[options.level];
     this.destination = options.file === "-" ? "stderr" : options.file;
-    this.stream = options.file === "-" ? null : openRotating(options);
-    this.journal = this.stream === null && stderrIsJournal();
+    this.file = options.file === "-" ? null : new LogFile(options, { warning: (text) => line(4, text), time: timestamp });
+    this.journal = this.file === null && stderrIsJournal();
     // A closed stderr (the terminal or the parent went away) must neither crash the relay
     // nor loop on logging its own write errors: the log is then lost, the service is not.
     process.stderr.on("error", () => {
@@ -85,33 +86,24 @@ export class Log {
 
   /** Writes out everything buffered and closes the file. */
   async close(): Promise<void> {
-    const stream = this.stream;
-    if (stream === null) return;
-    await new Promise<void>((resolve) => {
-      stream.once("error", () => resolve());
-      stream.end(() => resolve());
-    });
+    await this.file?.close();
   }
 
   private write(obj: ILogObj): void {
     const meta = obj._logMeta as { logLevelId: number; date: Date } | undefined;
-    const text = String(obj[0] ?? "");
-    const id = meta?.logLevelId ?? 3;
-    const label = `[${LABEL[id] ?? "INFO"}] `;
-    let line: string;
-    if (this.journal) {
-      // journald takes every line of a multi-line message as an entry of its own
-      const prefix = `<${JOURNAL_PRIORITY[id] ?? 6}>`;
-      line = `${prefix}${label}${text.replaceAll("\n", `\n${prefix}`)}\n`;
+    const text = line(meta?.logLevelId ?? 3, String(obj[0] ?? ""), meta?.date, this.journal);
+    if (this.file === null) {
+      if (!this.stderrBroken) process.stderr.write(text);
     } else {
-      line = `${timestamp(meta?.date ?? new Date())} ${label}${text}\n`;
-    }
-    if (this.stream === null) {
-      if (!this.stderrBroken) process.stderr.write(line);
-    } else {
-      this.stream.write(line);
+      this.file.write(text);
     }
   }
+}
+
+/** One log line; printable() leaves no newline in it, so on the journal it is one entry. */
+function line(levelId: number, message: string, date = new Date(), journal = false): string {
+  const head = journal ? `<${JOURNAL_PRIORITY[levelId] ?? 6}>` : `${timestamp(date)} `;
+  return `${head}[${LABEL[levelId] ?? "INFO"}] ${printable(message)}\n`;
 }
 
 /** systemd names the journal stream it connected to stderr in $JOURNAL_STREAM
@@ -130,26 +122,6 @@ function stderrIsJournal(): boolean {
 function timestamp(d: Date): string {
   const p = (n: number, w = 2) => String(n).padStart(w, "0");
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())},${p(d.getMilliseconds(), 3)}`;
-}
-
-function openRotating(options: LoggerOptions): RotatingFileStream {
-  const file = options.file;
-  // Open synchronously once, so that an unwritable path is a start-up error rather than
-  // an asynchronous stream error after the monitor reports itself ready.
-  try {
-    mkdirSync(dirname(file), { recursive: true });
-    closeSync(openSync(file, "a"));
-  } catch (err) {
-    throw monitorError("RMON_ERR_LOG_FILE", { path: file, reason: reasonOf(err) });
-  }
-  const name = basename(file);
-  const stream = createStream((index: number | Date | null) => (index ? `${name}.${String(index)}` : name), {
-    path: dirname(file),
-    ...(options.rotations > 0 ? { size: `${options["max-size"]}B`, rotate: options.rotations } : {}),
-  });
-  // A log write failing later (disk full, file removed by hand) must not stop the relay.
-  stream.on("error", (err) => process.stderr.write(`recodex-monitor: log file ${file}: ${err.message}\n`));
-  return stream;
 }
 
 /**

@@ -3,9 +3,10 @@
 // is up ends here with one line on stderr and an exit code per class of error.
 import { parseArgs } from "node:util";
 import pkg from "../package.json" with { type: "json" };
-import { loadConfig, type LoadedConfig } from "./config.ts";
+import { loadConfig, reloadConfig, type LoadedConfig } from "./config.ts";
 import { EXIT, MonitorError } from "./errors.ts";
 import type { Log } from "./logger.ts";
+import { printable } from "./printable.ts";
 import type { Monitor } from "./monitor.ts";
 import { notifyReady } from "./systemd.ts";
 
@@ -30,7 +31,7 @@ Exit codes: 0 ok, 1 internal error, 2 bad command line, 3 bad configuration,
 
 function fail(err: unknown): number {
   if (err instanceof MonitorError) {
-    process.stderr.write(`recodex-monitor: ${err.message} [${err.code}]\n`);
+    process.stderr.write(`recodex-monitor: ${printable(err.message)} [${err.code}]\n`);
     return err.exitCode;
   }
   process.stderr.write(`recodex-monitor: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
@@ -89,7 +90,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     return fail(err);
   }
-  for (const w of loaded.warnings) process.stderr.write(`recodex-monitor: warning: ${w}\n`);
+  for (const w of loaded.warnings) process.stderr.write(`recodex-monitor: warning: ${printable(w)}\n`);
   if (values["check-config"]) {
     process.stdout.write(`recodex-monitor: configuration ${loaded.source ?? "(defaults)"} is valid\n`);
     return EXIT.OK;
@@ -142,7 +143,7 @@ async function run(loaded: LoadedConfig): Promise<number> {
       return;
     }
     try {
-      const next = loadConfig(loaded.source ?? undefined);
+      const next = reloadConfig(loaded.source ?? undefined);
       for (const w of next.warnings) log.warning(w);
       monitor.reload(next.config);
     } catch (err) {

@@ -73,6 +73,7 @@ export class Monitor {
           }
         },
         peer: (event, address) => log.info(`ZeroMQ peer ${event} (${address})`),
+        acceptFailed: (reason) => this.warnLimiter.warn("zeromq-accept", `ZeroMQ could not accept a broker connection: ${reason}`),
       },
       config.limits.max_channel_id_length,
       config.retention.max_bytes_per_channel,

@@ -99,6 +99,11 @@ export interface ChannelStore {
   /** Messages received but not yet where the backend keeps them (Redis store: not yet written). */
   readonly pending: number;
 
+  /**
+   * Whether a broker has written to this channel, as far as this node knows right now (the
+   * Redis store knows the channels it has views of; others count as not written to).
+   */
+  hasMessages(id: string): boolean;
   /** Restores or connects; resolves before the monitor accepts anyone. */
   open(): Promise<void>;
   /** Never blocks on anything: the broker link's loop calls it for every message. */

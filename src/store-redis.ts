@@ -142,6 +142,11 @@ export class RedisStore implements ChannelStore {
     return this.ingest.pending;
   }
 
+  hasMessages(id: string): boolean {
+    const view = this.views.get(id);
+    return view !== undefined && view.nextOffset > view.baseOffset;
+  }
+
   get waitingChannels(): number {
     return this.waitingCount;
   }

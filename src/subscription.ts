@@ -50,10 +50,16 @@ function parseResumeRequest(text: string): { channel: string; after: number } | 
   }
 }
 
-/** A stored message as a resumable client receives it. */
+/** A stored message as a resumable client receives it: offsetPrefix(offset) + json + OFFSET_SUFFIX. */
 export function withOffset(json: string, offset: number): string {
-  return `{"offset": ${offset}, "message": ${json}}`;
+  return offsetPrefix(offset) + json + OFFSET_SUFFIX;
 }
+
+export function offsetPrefix(offset: number): string {
+  return `{"offset": ${offset}, "message": `;
+}
+
+export const OFFSET_SUFFIX = "}";
 
 /** Tells a resumable client that the history it asked for starts later (or was lost). */
 export function gapNotice(firstOffset: number): string {

@@ -4,15 +4,17 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { upgradeOutcome } from "./helpers/browser.ts";
-import { metric } from "./helpers/http.ts";
+import { HTTP_OWN_PORT, metric } from "./helpers/http.ts";
 import { monitor } from "./helpers/monitor-process.ts";
 import { waitUntil } from "./helpers/wait.ts";
 
+// The endpoints are on a port of their own (HTTP_OWN_PORT): a scrape on the WebSocket port
+// would take a seat under the very limits these tests count.
 const refused = (reason: string) => `recodex_monitor_refused_upgrades_total{reason="${reason}"}`;
 
 test("access.allowed_origins: a foreign Origin gets 403; the allowed origin and a client without Origin connect", async (t) => {
   const m = await monitor(t, {
-    extraYaml: 'http:\n  enabled: true\naccess:\n  allowed_origins: ["https://recodex.example"]\n',
+    extraYaml: HTTP_OWN_PORT + 'access:\n  allowed_origins: ["https://recodex.example"]\n',
   });
   const url = `ws://127.0.0.1:${m.wsPort}/`;
   const evil = await upgradeOutcome(url, { origin: "https://evil.example" });
@@ -32,12 +34,12 @@ test("access.allowed_origins: a foreign Origin gets 403; the allowed origin and 
   assert.equal(otherPort.status, 403);
 
   await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.1: origin not allowed \(access\.allowed_origins\)/);
-  assert.equal(await metric(m.wsPort, refused("origin")), 2);
-  assert.equal(await metric(m.wsPort, "recodex_monitor_connections"), 2);
+  assert.equal(await metric(m.httpPort, refused("origin")), 2);
+  assert.equal(await metric(m.httpPort, "recodex_monitor_connections"), 2);
 });
 
 test("access.max_connections: 2 refuses the third connection with 503 and admits again once one has left", async (t) => {
-  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\naccess:\n  max_connections: 2\n" });
+  const m = await monitor(t, { extraYaml: HTTP_OWN_PORT + "access:\n  max_connections: 2\n" });
   const url = `ws://127.0.0.1:${m.wsPort}/`;
   const a = await upgradeOutcome(url);
   const b = await upgradeOutcome(url);
@@ -49,12 +51,12 @@ test("access.max_connections: 2 refuses the third connection with 503 and admits
   t.after(() => c.browser.close());
   assert.equal(c.status, 503);
   assert.match(c.body, /access\.max_connections/);
-  await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.1: connection limit reached/);
-  assert.equal(await metric(m.wsPort, refused("capacity")), 1);
+  await m.waitFor(/refused connection from 127\.0\.0\.1: connection limit reached/);
+  assert.equal(await metric(m.httpPort, refused("capacity")), 1);
 
   a.browser.ws.close();
   await a.browser.waitClose();
-  await waitUntil(async () => (await metric(m.wsPort, "recodex_monitor_connections")) === 1, "one connection left");
+  await waitUntil(async () => (await metric(m.httpPort, "recodex_monitor_connections")) === 1, "one connection left");
   const d = await upgradeOutcome(url);
   t.after(() => d.browser.close());
   assert.equal(d.status, "open");
@@ -71,7 +73,7 @@ test("access.max_connections holds under simultaneous upgrades: 10 at once with 
 });
 
 test("access.max_connections_per_ip: 1 refuses a second connection from 127.0.0.1 with 429; another address connects", async (t) => {
-  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\naccess:\n  max_connections_per_ip: 1\n" });
+  const m = await monitor(t, { extraYaml: HTTP_OWN_PORT + "access:\n  max_connections_per_ip: 1\n" });
   const url = `ws://127.0.0.1:${m.wsPort}/`;
   const first = await upgradeOutcome(url, { localAddress: "127.0.0.1" });
   t.after(() => first.browser.close());
@@ -83,13 +85,13 @@ test("access.max_connections_per_ip: 1 refuses a second connection from 127.0.0.
   const elsewhere = await upgradeOutcome(url, { localAddress: "127.0.0.2" });
   t.after(() => elsewhere.browser.close());
   assert.equal(elsewhere.status, "open");
-  await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.1: too many connections from this address/);
-  assert.equal(await metric(m.wsPort, refused("per_ip")), 1);
+  await m.waitFor(/refused connection from 127\.0\.0\.1: too many connections from this address/);
+  assert.equal(await metric(m.httpPort, refused("per_ip")), 1);
 
   // The first one leaving frees its address's slot.
   first.browser.ws.close();
   await first.browser.waitClose();
-  await waitUntil(async () => (await metric(m.wsPort, "recodex_monitor_connections")) === 1, "one connection left");
+  await waitUntil(async () => (await metric(m.httpPort, "recodex_monitor_connections")) === 1, "one connection left");
   const again = await upgradeOutcome(url, { localAddress: "127.0.0.1" });
   t.after(() => again.browser.close());
   assert.equal(again.status, "open");
@@ -97,7 +99,7 @@ test("access.max_connections_per_ip: 1 refuses a second connection from 127.0.0.
 
 test("access.upgrades_per_second_per_ip: 0.5 with upgrade_burst: 2 refuses the third quick upgrade with 429, per address", async (t) => {
   const m = await monitor(t, {
-    extraYaml: "http:\n  enabled: true\naccess:\n  upgrades_per_second_per_ip: 0.5\n  upgrade_burst: 2\n",
+    extraYaml: HTTP_OWN_PORT + "access:\n  upgrades_per_second_per_ip: 0.5\n  upgrade_burst: 2\n",
   });
   const url = `ws://127.0.0.1:${m.wsPort}/`;
   const outcomes = [];
@@ -112,7 +114,7 @@ test("access.upgrades_per_second_per_ip: 0.5 with upgrade_burst: 2 refuses the t
   t.after(() => other.browser.close());
   assert.equal(other.status, "open", "another address has its own budget");
   await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.1: too many new connections from this address/);
-  assert.equal(await metric(m.wsPort, refused("rate")), 1);
+  assert.equal(await metric(m.httpPort, refused("rate")), 1);
 
   // The refill is the behaviour under test: 2.2 s at 0.5 a second is more than one upgrade's worth.
   await sleep(2200);

@@ -1,40 +1,83 @@
-// Admission in isolation (an injected clock): caps, per-address counts, the token bucket,
-// and the order in which refusals are decided.
+// Admission in isolation (an injected clock and open-files limit): seats from accept, caps,
+// per-address counts (direct peers at accept, proxied clients at the upgrade), the token
+// bucket, and the order in which refusals are decided.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Admission, refusalResponse } from "../src/admission.ts";
+import { Admission, refusalResponse, type Seat } from "../src/admission.ts";
+import { descriptorCap } from "../src/descriptors.ts";
 import { DEFAULTS } from "../src/config.ts";
 
 const access = (over: Partial<typeof DEFAULTS.access>) => ({ ...DEFAULTS.access, ...over });
+const plain = { origin: undefined, forwarded: undefined };
 
-test("draining refuses first; then origin, the overall cap, the per-address cap and the rate", () => {
+function seat(a: Admission, peer: string): Seat {
+  const s = a.accept(peer, false);
+  assert.equal(typeof s, "object", `accept(${peer}) refused: ${String(s)}`);
+  return s as Seat;
+}
+
+test("draining refuses first; then the overall cap and the per-address cap at accept, origin and rate at the upgrade", () => {
   let now = 0;
-  const a = new Admission(access({ allowed_origins: ["https://ok"], max_connections: 2, max_connections_per_ip: 1, upgrades_per_second_per_ip: 1, upgrade_burst: 1 }), () => now);
-  assert.equal(a.check("1.1.1.1", "https://ok", true), "draining");
-  assert.equal(a.check("1.1.1.1", "https://evil", false), "origin");
-  assert.equal(a.check("1.1.1.1", undefined, false), null, "no Origin header: not a browser, allowed");
-  a.opened("1.1.1.1");
-  assert.equal(a.check("1.1.1.1", "https://ok", false), "per_ip");
-  assert.equal(a.check("2.2.2.2", "https://ok", false), null);
-  a.opened("2.2.2.2");
-  assert.equal(a.check("3.3.3.3", "https://ok", false), "capacity");
-  a.closed("1.1.1.1");
-  assert.equal(a.check("1.1.1.1", "https://ok", false), "rate", "the bucket of 1 was spent on the first upgrade");
+  const a = new Admission(
+    access({ allowed_origins: ["https://ok"], max_connections: 2, max_connections_per_ip: 1, upgrades_per_second_per_ip: 1, upgrade_burst: 1 }),
+    65536,
+    () => now,
+  );
+  assert.equal(a.accept("1.1.1.1", true), "draining");
+  const one = seat(a, "1.1.1.1");
+  assert.deepEqual(a.upgrade(one, { origin: "https://evil", forwarded: undefined }, false), { refusal: "origin", address: "1.1.1.1" });
+  assert.deepEqual(a.upgrade(one, { origin: undefined, forwarded: undefined }, false), { address: "1.1.1.1" }, "no Origin: not a browser, allowed");
+  assert.equal(a.accept("1.1.1.1", false), "per_ip", "counted from accept, before any upgrade");
+  const two = seat(a, "2.2.2.2");
+  assert.equal(a.accept("3.3.3.3", false), "capacity");
+  a.release(one);
+  const again = seat(a, "1.1.1.1");
+  assert.deepEqual(a.upgrade(again, { origin: "https://ok", forwarded: undefined }, false), { refusal: "rate", address: "1.1.1.1" }, "the bucket of 1 was spent");
   now += 1000;
-  assert.equal(a.check("1.1.1.1", "https://ok", false), null, "a second later the bucket has a token again");
+  assert.deepEqual(a.upgrade(again, { origin: "https://ok", forwarded: undefined }, false), { address: "1.1.1.1" }, "a second later the bucket has a token again");
+  a.release(two);
+  assert.equal(a.connections, 1);
   assert.deepEqual(a.refused, { draining: 1, origin: 1, per_ip: 1, capacity: 1, rate: 1 });
+});
+
+test("behind a trusted proxy the per-address cap applies to the forwarded client, at the upgrade", () => {
+  const a = new Admission(access({ trusted_proxies: ["10.0.0.1"], max_connections_per_ip: 1 }), 65536);
+  const req = (forwarded: string) => ({ origin: undefined, forwarded });
+  const s1 = seat(a, "::ffff:10.0.0.1");
+  const s2 = seat(a, "10.0.0.1");
+  const s3 = seat(a, "10.0.0.1");
+  assert.deepEqual(a.upgrade(s1, req("198.51.100.1"), false), { address: "198.51.100.1" });
+  assert.deepEqual(a.upgrade(s2, req("198.51.100.2"), false), { address: "198.51.100.2" });
+  assert.deepEqual(a.upgrade(s3, req("198.51.100.1"), false), { refusal: "per_ip", address: "198.51.100.1" });
+  a.release(s1);
+  a.release(s3);
+  const s4 = seat(a, "10.0.0.1");
+  assert.deepEqual(a.upgrade(s4, req("198.51.100.1"), false), { address: "198.51.100.1" }, "released with its connection");
+});
+
+test("the default cap leaves a reserve below the open-files limit, and caps a configured value above it", () => {
+  assert.equal(descriptorCap(1024), 896);
+  assert.equal(descriptorCap(256), 128);
+  assert.equal(descriptorCap(100), 50);
+  assert.equal(new Admission(access({}), 1024).maxConnections, 896);
+  assert.equal(new Admission(access({ max_connections: 100 }), 1024).maxConnections, 100);
+  assert.equal(new Admission(access({ max_connections: 5000 }), 1024).maxConnections, 896);
+  const unknown = new Admission(access({}), null);
+  assert.deepEqual(unknown.fdLimit, { value: 1024, known: false });
+  assert.equal(unknown.maxConnections, 896);
 });
 
 test("sweep forgets full buckets only", () => {
   let now = 0;
-  const a = new Admission(access({ upgrades_per_second_per_ip: 1, upgrade_burst: 2 }), () => now);
-  a.check("1.1.1.1", undefined, false);
-  a.check("1.1.1.1", undefined, false);
+  const a = new Admission(access({ upgrades_per_second_per_ip: 1, upgrade_burst: 2 }), 65536, () => now);
+  const s = seat(a, "1.1.1.1");
+  a.upgrade(s, plain, false);
+  a.upgrade(s, plain, false);
   a.sweep();
-  assert.equal(a.check("1.1.1.1", undefined, false), "rate", "an empty bucket survives the sweep");
+  assert.equal("refusal" in a.upgrade(s, plain, false), true, "an empty bucket survives the sweep");
   now += 5000;
   a.sweep();
-  assert.equal(a.check("1.1.1.1", undefined, false), null);
+  assert.equal("refusal" in a.upgrade(s, plain, false), false);
 });
 
 test("a refusal is a complete HTTP response with its status and a reason naming the config key", () => {

@@ -16,6 +16,7 @@ const EXTRA = `limits:
   subscribe_timeout: 2
 http:
   enabled: true
+  on_websocket_port: true
 `;
 
 const STARTED = '{"command": "STARTED"}';

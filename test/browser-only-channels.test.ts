@@ -36,14 +36,14 @@ async function attack(s: Relay, attackers: number): Promise<void> {
 }
 
 test("memory store: 60 subscriptions to unknown ids next to 40 real channels at max_channels 50 evict nothing", async (t) => {
-  const s = await relay(t, { extraYaml: `http:\n  enabled: true\n${RETENTION}` });
+  const s = await relay(t, { extraYaml: `http:\n  enabled: true\n  on_websocket_port: true\n${RETENTION}` });
   await attack(s, 60);
   assert.equal(await metric(s.monitor.wsPort, "recodex_monitor_channels"), 40);
   assert.equal(await metric(s.monitor.wsPort, "recodex_monitor_store_waiting_channels"), 60);
 });
 
 test("memory store: past store.max_waiting_channels the extra browsers are closed with 4001, the real watchers not", async (t) => {
-  const s = await relay(t, { extraYaml: `http:\n  enabled: true\n${RETENTION}store:\n  max_waiting_channels: 20\n` });
+  const s = await relay(t, { extraYaml: `http:\n  enabled: true\n  on_websocket_port: true\n${RETENTION}store:\n  max_waiting_channels: 20\n` });
   await attack(s, 60);
   assert.equal(await waitMetric(s.monitor.wsPort, "recodex_monitor_store_waiting_refused_total", (v) => v === 40), 40);
   assert.equal(await metric(s.monitor.wsPort, "recodex_monitor_store_waiting_channels"), 20);

@@ -49,18 +49,23 @@ test("every new setting has its documented default", () => {
     max_client_message: 4096,
     subscribe_timeout: 10,
     max_buffered_bytes: 4 * MiB,
+    max_total_buffered_bytes: 64 * MiB,
+    backlog_timeout: 30,
+    handshake_timeout: 10,
     drain_timeout: 5,
   });
   assert.deepEqual(config.keepalive, { interval: 30 });
   assert.deepEqual(config.websocket, { permessage_deflate: false, resumable: true, tls_cert: null, tls_key: null });
   assert.deepEqual(config.broker, { allow_exit_command: true });
-  assert.deepEqual(config.http, { enabled: false, uri: null });
+  assert.deepEqual(config.http, { enabled: false, uri: null, on_websocket_port: false });
   assert.deepEqual(config.access, {
     allowed_origins: [],
     max_connections: 0,
     max_connections_per_ip: 0,
     upgrades_per_second_per_ip: 0,
     upgrade_burst: 20,
+    trusted_proxies: [],
+    forwarded_header: "X-Forwarded-For",
   });
   assert.deepEqual(config, DEFAULTS);
 });
@@ -173,6 +178,17 @@ test("TLS needs both the certificate and the key", () => {
 
 test("http.uri without http.enabled is rejected", () => {
   rejects({ http: { uri: ["127.0.0.1", 9100] } }, "http.enabled", "false", /true when http.uri is set/);
+});
+
+test("the endpoints are served in exactly one place: http.uri, or the WebSocket port when asked for", () => {
+  rejects({ http: { enabled: true } }, "http.uri", "null", /http\.on_websocket_port: true/);
+  rejects({ http: { on_websocket_port: true } }, "http.enabled", "false", /true when http\.on_websocket_port is set/);
+  rejects({ http: { enabled: true, on_websocket_port: true, uri: ["127.0.0.1", 9100] } }, "http.on_websocket_port", "true", /false when http\.uri is set/);
+  assert.equal(validateConfig({ http: { enabled: true, on_websocket_port: true } }, null).config.http.on_websocket_port, true);
+});
+
+test("max_total_buffered_bytes must hold at least one client's max_buffered_bytes", () => {
+  rejects({ limits: { max_total_buffered_bytes: 1024 * 1024 } }, "limits.max_total_buffered_bytes", "1048576", /at least limits\.max_buffered_bytes/);
 });
 
 test("loadConfig without a path gives the defaults with logging to stderr", () => {

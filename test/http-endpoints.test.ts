@@ -1,10 +1,11 @@
-// Observability: /livez, /readyz and /metrics (http.enabled, on the WebSocket port or on
-// http.uri), the 426 answer to plain HTTP otherwise, and SIGHUP reloads of the config.
+// Observability: /livez, /readyz and /metrics (http.enabled, on http.uri or, with
+// http.on_websocket_port, on the WebSocket port), the 426 answer to plain HTTP otherwise,
+// and SIGHUP reloads of the config.
 import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { Broker } from "./helpers/broker.ts";
 import { Browser, RawWebSocket } from "./helpers/browser.ts";
-import { httpGet, metric, metrics } from "./helpers/http.ts";
+import { HTTP_OWN_PORT, httpGet, metric, metrics } from "./helpers/http.ts";
 import { monitor, startMonitor, type MonitorProcess } from "./helpers/monitor-process.ts";
 import { relay } from "./helpers/relay.ts";
 import { count, waitUntil, withTimeout } from "./helpers/wait.ts";
@@ -13,8 +14,7 @@ const DOWNLOADED = '{"command": "DOWNLOADED"}';
 const TASK = '{"command": "TASK", "task_id": "t1", "task_state": "COMPLETED"}';
 const FINISHED = '{"command": "FINISHED"}';
 
-const HTTP = "http:\n  enabled: true\n";
-const HTTP_OWN_PORT = 'http:\n  enabled: true\n  uri: ["127.0.0.1", 0]\n';
+const HTTP = "http:\n  enabled: true\n  on_websocket_port: true\n";
 
 /** The close code of a client that connects to `m` and never names a channel. */
 async function silentClientClosed(t: TestContext, m: MonitorProcess): Promise<number> {
@@ -34,7 +34,7 @@ test("without http.enabled a plain GET on the WebSocket port gets 426 Upgrade Re
   }
 });
 
-test("http.enabled serves /livez, /readyz and /metrics on the WebSocket port, which still relays", async (t) => {
+test("http.on_websocket_port serves /livez, /readyz and /metrics on the WebSocket port, which still relays", async (t) => {
   const s = await relay(t, { extraYaml: HTTP });
   const port = s.monitor.wsPort;
   const live = await httpGet(port, "/livez");

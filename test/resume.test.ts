@@ -60,7 +60,7 @@ test("a resumable client's first message may be JSON {\"channel\": ...} without 
 });
 
 test("resuming with {\"channel\", \"after\": k} replays only offsets above k, then live messages continue the numbering", async (t) => {
-  const s = await setup(t, "http:\n  enabled: true\n");
+  const s = await setup(t, "http:\n  enabled: true\n  on_websocket_port: true\n");
   const first = await resume(s, "job_k");
   for (let i = 0; i < 5; i++) await s.broker.send("job_k", "TASK", `t${i}`, "COMPLETED");
   await first.waitMessages(5);

@@ -1,15 +1,19 @@
 // The packaged reverse-proxy recipe, for real: nginx terminates TLS and serves the snippet
 // from packaging/reverse-proxy/nginx.conf; headless Chromium opens a page that subscribes
 // through wss://.../ws/ the way the ReCodEx web-app does; a job goes in on the ZeroMQ side.
-// Needs /usr/sbin/nginx and /usr/bin/chromium (Debian: nginx-light chromium).
+// Needs /usr/sbin/nginx and /usr/bin/chromium (Debian: nginx-light chromium). Behind the same
+// recipe, with the packaged config's access.trusted_proxies, each user has an address of
+// their own (nginx only).
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
+import { parse } from "yaml";
 import { Broker } from "./helpers/broker.ts";
-import { ROOT, startMonitor, tempDir, type MonitorProcess } from "./helpers/monitor-process.ts";
-import { Chromium, missingTools, splitNginxSnippet, startNginx, type NginxProcess } from "./helpers/reverse-proxy.ts";
+import { upgradeOutcome } from "./helpers/browser.ts";
+import { monitor, ROOT, startMonitor, tempDir, type MonitorProcess } from "./helpers/monitor-process.ts";
+import { Chromium, missingTools, nginxMissing, splitNginxSnippet, startNginx, type NginxProcess } from "./helpers/reverse-proxy.ts";
 import { CERT_A } from "./helpers/tls.ts";
 import { escapeRegExp, waitUntil } from "./helpers/wait.ts";
 
@@ -175,5 +179,40 @@ test(
       }
       t.diagnostic(`took ${Date.now() - started} ms`);
     }
+  },
+);
+
+test(
+  "behind the nginx recipe with the packaged access.trusted_proxies, two users get separate per-address budgets and a client's own X-Forwarded-For is not believed",
+  { skip: nginxMissing() ?? false, timeout: 60_000 },
+  async (t) => {
+    const packaged = (parse(readFileSync(join(ROOT, "config.yml"), "utf8")) as { access: Record<string, unknown> }).access;
+    const access = { trusted_proxies: packaged.trusted_proxies, forwarded_header: packaged.forwarded_header, max_connections_per_ip: 1 };
+    const m = await monitor(t, { extraYaml: `access: ${JSON.stringify(access)}\n` });
+    const dir = tempDir("rmon-proxy-ip-");
+    const www = join(dir, "www");
+    mkdirSync(www);
+    writeFileSync(join(www, "index.html"), "<!doctype html>\n");
+    const snippet = splitNginxSnippet(readFileSync(SNIPPET, "utf8").replace(PACKAGED_UPSTREAM, `http://127.0.0.1:${m.wsPort}/`));
+    const nginx = await startNginx({ dir, cert: CERT_A.cert, key: CERT_A.key, root: www, snippet });
+    t.after(() => nginx.stop());
+    const ca = readFileSync(CERT_A.cert);
+    const via = async (localAddress: string, headers: Record<string, string> = {}) => {
+      const outcome = await upgradeOutcome(`wss://127.0.0.1:${nginx.port}/ws/`, { localAddress, ca, headers });
+      t.after(() => outcome.browser.close());
+      return outcome.status;
+    };
+
+    // Each user (a source address of their own towards nginx) has one slot. Without
+    // trusted_proxies both would be 127.0.0.1, and bob would get 429.
+    assert.equal(await via("127.0.0.2"), "open", "alice");
+    assert.equal(await via("127.0.0.3"), "open", "bob");
+    await m.waitFor(/client #\d+ connected from 127\.0\.0\.2 /);
+    await m.waitFor(/client #\d+ connected from 127\.0\.0\.3 /);
+    // Alice's second tab is over her budget, even when it claims to come from elsewhere.
+    assert.equal(await via("127.0.0.2", { "X-Forwarded-For": "127.0.0.9" }), 429);
+    await m.waitFor(/refused WebSocket upgrade from 127\.0\.0\.2: too many connections from this address/);
+    assert.doesNotMatch(m.output(), /127\.0\.0\.9/);
+    rmSync(dir, { recursive: true, force: true });
   },
 );

@@ -63,7 +63,7 @@ test("check fails with exit 6 within --timeout when the WebSocket port answers b
 });
 
 test("with http.enabled, check also requires /readyz to answer 200", async (t) => {
-  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\n" });
+  const m = await monitor(t, { extraYaml: "http:\n  enabled: true\n  on_websocket_port: true\n" });
   const r = await runCli(["check", "-c", m.configWithPorts()]);
   assertPass(r);
   assert.match(r.stdout, new RegExp(`^ok {4}GET http://127\\.0\\.0\\.1:${m.wsPort}/readyz \\(`, "m"));
@@ -79,7 +79,7 @@ test("with http.uri, check asks /readyz on that port", async (t) => {
 test("check fails (exit 6) when /readyz does not answer 200, naming the HTTP status", async (t) => {
   const m = await monitor(t); // no HTTP endpoints: the WebSocket port answers 426
   const config = join(m.dir, "check.yml");
-  writeFileSync(config, readFileSync(m.configWithPorts(), "utf8") + "http:\n  enabled: true\n");
+  writeFileSync(config, readFileSync(m.configWithPorts(), "utf8") + "http:\n  enabled: true\n  on_websocket_port: true\n");
   const r = await runCli(["check", "-c", config, "--timeout", "2"]);
   assert.equal(r.code, 6, r.stdout);
   assert.match(r.stdout, /^FAIL {2}GET .*\/readyz: HTTP 426/m);
@@ -94,7 +94,7 @@ test("check works against a wss monitor with a self-signed certificate", async (
 
 test("check with wss and http.enabled checks /readyz over https even with a self-signed certificate", async (t) => {
   const m = await monitor(t, {
-    extraYaml: `websocket:\n  tls_cert: ${JSON.stringify(CERT_A.cert)}\n  tls_key: ${JSON.stringify(CERT_A.key)}\nhttp:\n  enabled: true\n`,
+    extraYaml: `websocket:\n  tls_cert: ${JSON.stringify(CERT_A.cert)}\n  tls_key: ${JSON.stringify(CERT_A.key)}\nhttp:\n  enabled: true\n  on_websocket_port: true\n`,
   });
   const env = { ...process.env };
   delete env.NODE_EXTRA_CA_CERTS;

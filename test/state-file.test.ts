@@ -127,7 +127,7 @@ test("restoring drops channels whose ttl ran out while the monitor was down and 
 
 // ---- the real monitor ------------------------------------------------------------------
 
-const yaml = (path: string) => `store:\n  state_file: "${path}"\nhttp:\n  enabled: true\n`;
+const yaml = (path: string) => `store:\n  state_file: "${path}"\nhttp:\n  enabled: true\n  on_websocket_port: true\n`;
 
 test("the monitor restarted with store.state_file mid-job: a late joiner gets the whole history, a resumable client exactly what follows its offset", async (t) => {
   const path = statePath();

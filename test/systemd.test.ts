@@ -76,7 +76,7 @@ test("a notification that fails is a warning: the monitor keeps relaying", { ski
 
 /** Runs the monitor with stderr on a file and, unless `journalStream` is null, that file
  *  named in $JOURNAL_STREAM the way systemd names the journal stream; stops at "ready". */
-async function runOnStream(journalStream: (file: string) => string | null): Promise<string> {
+async function runOnStream(journalStream: (file: string) => string | null, extraYaml = ""): Promise<string> {
   const dir = tempDir();
   const logFile = join(dir, "stderr.log");
   const config = join(dir, "config.yml");
@@ -84,7 +84,7 @@ async function runOnStream(journalStream: (file: string) => string | null): Prom
   writeFileSync(
     config,
     `websocket_uri: ["127.0.0.1", 0]\nzeromq_uri: ["127.0.0.1", 0]\n` +
-      `logger:\n  file: "-"\n  level: info\nno_such_key: 1\n`,
+      `logger:\n  file: "-"\n  level: info\nno_such_key: 1\n${extraYaml}`,
   );
   const stream = journalStream(logFile);
   const env: NodeJS.ProcessEnv = { ...process.env };
@@ -102,17 +102,27 @@ async function runOnStream(journalStream: (file: string) => string | null): Prom
   return readFileSync(logFile, "utf8");
 }
 
+/** $JOURNAL_STREAM as systemd sets it for a stream on `file`. */
+function journalStreamOf(file: string): string {
+  const st = fstatSync(openSync(file, "r"), { bigint: true });
+  return `${st.dev}:${st.ino}`;
+}
+
 test("on systemd's journal stream each log line starts with its syslog priority and has no timestamp", async () => {
-  const out = await runOnStream((file) => {
-    const st = fstatSync(openSync(file, "r"), { bigint: true });
-    return `${st.dev}:${st.ino}`;
-  });
+  const out = await runOnStream(journalStreamOf);
   const lines = out.split("\n").filter((l) => l.startsWith("<"));
   assert.ok(lines.some((l) => /^<4>\[WARNING\] .*no_such_key/.test(l)), out);
   assert.ok(lines.some((l) => /^<6>\[INFO\] recodex-monitor ready: /.test(l)), out);
   assert.ok(lines.some((l) => /^<6>\[INFO\] stopped$/.test(l)), out);
   for (const l of lines) assert.doesNotMatch(l, /^<\d>\d{4}-\d{2}-\d{2} /, "a timestamp after the priority");
   assert.doesNotMatch(out, /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}/m, "a timestamped line on the journal stream");
+});
+
+test("on the journal stream outside text is escaped as in a file: a newline in it cannot start an entry of its own", async () => {
+  // The unknown key's name is logged in its warning.
+  const out = await runOnStream(journalStreamOf, '"x\\n<2>[CRITICAL] forged": 1\n');
+  assert.match(out, /^<4>\[WARNING\] unknown config key "x\\n<2>\[CRITICAL\] forged" ignored$/m);
+  assert.doesNotMatch(out, /^<2>/m);
 });
 
 test("a JOURNAL_STREAM that names another file (stderr redirected) keeps the timestamped format", async () => {

@@ -144,7 +144,7 @@ test("a key that does not match the certificate stops the start with exit 3", as
 });
 
 test("with TLS and http.enabled the endpoints are served over https on the WebSocket port", async (t) => {
-  const m = await monitor(t, { extraYaml: tlsYaml(CERT_A.cert, CERT_A.key) + "http:\n  enabled: true\n" });
+  const m = await monitor(t, { extraYaml: tlsYaml(CERT_A.cert, CERT_A.key) + "http:\n  enabled: true\n  on_websocket_port: true\n" });
   const r = await httpGet(m.wsPort, "/readyz", { tls: true, ca: readFileSync(CERT_A.cert) });
   assert.equal(r.status, 200);
   assert.equal(r.body, "ready\n");

@@ -146,6 +146,16 @@ export async function upgradeOutcome(
   return { browser: b, status, body };
 }
 
+/** A whole WebSocket upgrade request, ending with the blank line after its headers. */
+export function upgradeRequest(port: number, path = "/", protocol?: string): string {
+  return (
+    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\nSec-WebSocket-Version: 13\r\n` +
+    (protocol === undefined ? "" : `Sec-WebSocket-Protocol: ${protocol}\r\n`) +
+    "\r\n"
+  );
+}
+
 /**
  * A WebSocket client made by hand on a TCP socket. After the opening handshake it reads
  * nothing and answers nothing (no pong, no close) until read() is called; reading, it only
@@ -168,7 +178,8 @@ export class RawWebSocket {
     this.ended = new Promise((resolve) => socket.once("close", () => resolve()));
   }
 
-  static async open(port: number, path = "/"): Promise<RawWebSocket> {
+  /** Opens a connection to 127.0.0.1:port, asking for `protocol` (a subprotocol) if given. */
+  static async open(port: number, path = "/", protocol?: string): Promise<RawWebSocket> {
     const socket = connect({ host: "127.0.0.1", port });
     socket.on("error", () => {});
     const handshake = new Promise<RawWebSocket>((resolve, reject) => {
@@ -185,12 +196,7 @@ export class RawWebSocket {
       };
       socket.on("data", onData);
       socket.once("close", () => reject(new Error("closed during the handshake")));
-      socket.once("connect", () =>
-        socket.write(
-          `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-            `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-        ),
-      );
+      socket.once("connect", () => socket.write(upgradeRequest(port, path, protocol)));
     });
     return withTimeout(handshake, `the WebSocket handshake on port ${port}`);
   }

@@ -3,6 +3,9 @@ import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { WAIT_MS, waitUntil } from "./wait.ts";
 
+/** Config for the endpoints on a loopback port of their own (MonitorProcess.httpPort). */
+export const HTTP_OWN_PORT = 'http:\n  enabled: true\n  uri: ["127.0.0.1", 0]\n';
+
 export interface HttpReply {
   status: number;
   headers: Record<string, string | string[] | undefined>;

@@ -52,6 +52,19 @@ export function killGroup(pgid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/** The command that runs the monitor under `ulimit -n nofile` (soft and hard). */
+export function underFileLimit(nofile: number, command: string[] = [process.execPath, MAIN]): string[] {
+  return ["sh", "-c", `ulimit -n ${nofile} && exec "$@"`, "sh", ...command];
+}
+
+/**
+ * The command that runs the monitor in a private mount namespace with a tmpfs of `size`
+ * mounted at `dir` (the test reaches it as /proc/PID/root/DIR; no one else sees it).
+ */
+export function withTmpfs(dir: string, size: string, command: string[] = [process.execPath, MAIN]): string[] {
+  return ["unshare", "-m", "sh", "-c", `mount -t tmpfs -o size=${size} rmon-test "${dir}" && exec "$@"`, "sh", ...command];
+}
+
 export interface StartOptions {
   /** YAML appended to the generated config (ports, and logger unless it has its own). */
   extraYaml?: string;
@@ -172,13 +185,17 @@ export class MonitorProcess {
     });
   }
 
-  /** Waits for the ready line (on stderr, or in the log file) and reads the ports from it. */
-  async ready(): Promise<void> {
+  /**
+   * Waits for the ready line (on stderr, or in the log file) and reads the ports from it.
+   * `logFile` names the log file by another path (the monitor's own view of it through
+   * /proc/PID/root, when it runs in a mount namespace of its own).
+   */
+  async ready(logFile = this.logFile): Promise<void> {
     let line: RegExpMatchArray | null = null;
-    if (this.logFile === null) {
+    if (logFile === null) {
       line = (await this.waitFor(READY, { ms: READY_MS })).match(READY);
     } else {
-      const file = this.logFile;
+      const file = logFile;
       await waitUntil(
         () => {
           if (!this.running) throw new Error(`monitor exited (${this.child.exitCode ?? this.child.signalCode}) before it was ready:\n${this.out}`);

@@ -135,7 +135,7 @@ export interface RedisMonitorOptions extends StartOptions {
 
 /** The YAML of a monitor on `redis`'s store, its /metrics on, then `extra`. */
 export function redisYaml(redis: RedisServer, extra = "", redisKeys = "", url = redis.url): string {
-  return `http:\n  enabled: true\nstore:\n  kind: redis\n  redis:\n    url: "${url}"\n    key_prefix: "${REDIS_PREFIX}"\n${redisKeys}${extra}`;
+  return `http:\n  enabled: true\n  on_websocket_port: true\nstore:\n  kind: redis\n  redis:\n    url: "${url}"\n    key_prefix: "${REDIS_PREFIX}"\n${redisKeys}${extra}`;
 }
 
 function withRedis(redis: RedisServer, options: RedisMonitorOptions): StartOptions {

@@ -60,7 +60,9 @@ export class Relay {
   /**
    * A client subscribed to `channel`: resolves once the monitor has logged the subscription
    * (it logs it as it takes it, so what the broker sends from then on is live). One at a time,
-   * so that each waits for its own line; needs the log on stderr at level info or debug.
+   * so that each waits for its own line; needs the log on stderr at level debug (at info
+   * only a channel the broker has written to is logged: issue 10, a browser must not be able
+   * to fill the log).
    */
   subscribe(channel: string, options: SubscribeOptions = {}): Promise<Browser> {
     const next = this.subscribing.then(async () => {

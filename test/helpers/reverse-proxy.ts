@@ -21,6 +21,11 @@ export function missingTools(): string | null {
   return `needs ${missing.join(", ")} (Debian: apt-get install -y nginx-light chromium)`;
 }
 
+/** Why the nginx-only tests cannot run here, or null when they can. */
+export function nginxMissing(): string | null {
+  return existsSync(NGINX) ? null : `needs ${NGINX} (Debian: apt-get install -y nginx-light)`;
+}
+
 // ---------------------------------------------------------------------------------------
 // The packaged nginx snippet
 
@@ -109,7 +114,10 @@ export interface NginxProcess {
 /**
  * Writes a self-contained nginx.conf (everything under `dir`) and runs nginx in the
  * foreground. nginx cannot listen on port 0, so it listens on a unix socket and the test
- * holds the TCP port: a listener on port 0 that hands every connection to that socket.
+ * holds the TCP port: a listener on port 0 that hands every connection to that socket,
+ * announcing the client's address with a PROXY protocol header. nginx takes that address
+ * as $remote_addr (test scaffolding: the realip lines are not the recipe's), so the snippet
+ * sees each client as it would behind a TCP listen, not every one as "unix:".
  */
 export async function startNginx(o: NginxOptions): Promise<NginxProcess> {
   const tmp = join(o.dir, "nginx-tmp");
@@ -145,7 +153,9 @@ http {
 ${indent(o.snippet.http.join("\n"), "    ")}
 
     server {
-        listen unix:${socketPath} ssl;
+        listen unix:${socketPath} ssl proxy_protocol;
+        set_real_ip_from unix:;
+        real_ip_header proxy_protocol;
         server_name localhost;
         ssl_certificate ${o.cert};
         ssl_certificate_key ${o.key};
@@ -197,12 +207,16 @@ ${indent(o.snippet.server.join("\n"), "        ")}
   return proc;
 }
 
-/** A listener on a free loopback port that connects each client through to `socketPath`. */
+/**
+ * A listener on a free loopback port that connects each client through to `socketPath`,
+ * after a PROXY protocol (v1) line with the client's address and port.
+ */
 function frontDoor(socketPath: string): Promise<Server> {
   const server = createServer((client) => {
     const upstream = connect(socketPath);
     client.on("error", () => upstream.destroy());
     upstream.on("error", () => client.destroy());
+    upstream.write(`PROXY TCP4 ${client.remoteAddress} ${client.localAddress} ${client.remotePort} ${client.localPort}\r\n`);
     client.pipe(upstream).pipe(client);
   });
   return new Promise((resolve, reject) => {
