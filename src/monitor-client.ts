@@ -1,0 +1,102 @@
+// How the operator's commands (check, watch, send, status) reach a running monitor: its
+// addresses as seen from this host, a ZeroMQ peer that plays the broker, and a GET on its
+// HTTP endpoints.
+import { get as plainGet } from "node:http";
+import { get as httpsGet } from "node:https";
+import * as zmq from "zeromq";
+import { ROUTING_ID } from "./broker-link.ts";
+import type { Address, Config } from "./config.ts";
+
+/** The address to connect to for a listening host ("" and 0.0.0.0 mean this host). */
+export function connectHost(host: string): string {
+  if (host === "" || host === "0.0.0.0") return "127.0.0.1";
+  if (host === "::") return "::1";
+  return host;
+}
+
+export function hostPort([host, port]: Address): string {
+  const h = connectHost(host);
+  return `${h.includes(":") ? `[${h}]` : h}:${port}`;
+}
+
+export interface MonitorUrls {
+  /** Where browsers connect, ending in "/". */
+  ws: string;
+  zmq: string;
+  /** The HTTP endpoints' base, ending in "/"; null when http.enabled is false. */
+  http: string | null;
+}
+
+export function monitorUrls(config: Config): MonitorUrls {
+  const ws = `${config.websocket.tls_cert !== null ? "wss" : "ws"}://${hostPort(config.websocket_uri)}/`;
+  let http: string | null = null;
+  if (config.http.enabled) http = config.http.uri === null ? ws.replace(/^ws/, "http") : `http://${hostPort(config.http.uri)}/`;
+  return { ws, zmq: `tcp://${hostPort(config.zeromq_uri)}`, http };
+}
+
+/** A ZeroMQ ROUTER that connects to the monitor and addresses it as the broker does. */
+export class BrokerPeer {
+  private readonly socket: zmq.Router;
+  readonly url: string;
+
+  /** `lingerMs`: how long closing may wait for queued messages to leave. */
+  constructor(url: string, lingerMs = 0) {
+    this.url = url;
+    this.socket = new zmq.Router({ mandatory: true, linger: lingerMs });
+    if (url.includes("[")) this.socket.ipv6 = true;
+    this.socket.connect(url);
+  }
+
+  /**
+   * Sends once the connection to a peer named recodex-monitor is up: before that, the
+   * ROUTER has nobody to address and would drop the message (here: refuse it). Use it
+   * for the first message; later ones go through send().
+   */
+  async sendWhenConnected(frames: string[], timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await this.send(frames);
+        return;
+      } catch (err) {
+        if ((err as { code?: string }).code !== "EHOSTUNREACH") throw err;
+        if (Date.now() > deadline) throw new Error(`no ZeroMQ peer with routing id ${ROUTING_ID} answered at ${this.url}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+  }
+
+  send(frames: string[]): Promise<void> {
+    return this.socket.send([ROUTING_ID, ...frames]);
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
+
+/** A GET that, like the WebSocket side of the commands, checks the monitor rather than its certificate. */
+export function httpGet(url: string, timeoutMs: number): Promise<{ status: number; body: string }> {
+  const get = url.startsWith("https:") ? httpsGet : plainGet;
+  return new Promise((resolve, reject) => {
+    const req = get(url, { rejectUnauthorized: false }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => (body += chunk));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on("error", reject);
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`)));
+    req.on("error", reject);
+  });
+}
+
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout>;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no result within ${ms / 1000} s (${what})`)), ms);
+    }),
+  ]);
+}
