@@ -86,6 +86,13 @@ export class BrowserGateway {
     return this.clients.size;
   }
 
+  /** Open connections subscribed to a channel (read per scrape and status request, not kept on the hot path). */
+  get subscribers(): number {
+    let n = 0;
+    for (const client of this.clients) if (client.channel !== null && !client.done) n++;
+    return n;
+  }
+
   get tls(): boolean {
     return this.web.tls;
   }

@@ -125,6 +125,8 @@ export const DECLARATION = Object.freeze({
   http: {
     enabled: new Key(false, boolean, RESTART, "serve `/livez`, `/readyz`, `/metrics`"),
     uri: new Key<Address | null>(null, nullable(address), RESTART, "`[host, port]` for those endpoints; unset = on the WebSocket port", "unset"),
+    list_channels: new Key(false, boolean, LIVE,
+      "`GET /status?channels=N` (`recodex-monitor status --channels`) lists channel ids; they are capabilities (anyone holding one can watch that job)"),
   },
   access: {
     allowed_origins: new Key<readonly string[]>([], stringList, LIVE,

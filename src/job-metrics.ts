@@ -14,9 +14,6 @@ import type { DropCause } from "./channel-store.ts";
 export type Outcome = "finished" | "failed" | "aborted" | "expired" | "evicted";
 export type TaskOutcome = "completed" | "failed" | "skipped" | "other";
 
-export const OUTCOMES: readonly Outcome[] = ["finished", "failed", "aborted", "expired", "evicted"];
-export const TASK_OUTCOMES: readonly TaskOutcome[] = ["completed", "failed", "skipped", "other"];
-
 /** Where durations go (the Prometheus histograms, when the HTTP endpoints are on). */
 export interface JobTimings {
   /** A job's first message to its FINISHED, in seconds. */
