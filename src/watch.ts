@@ -125,14 +125,13 @@ function watchOnce(
       });
     });
     ws.on("error", (err) => {
+      // ws refuses the handshake when the server does not take the subprotocol offered.
+      if (o.resume && err.message === "Server sent no subprotocol") {
+        reject(monitorError("RMON_ERR_SWITCHED_OFF", { what: "the resumable protocol", key: "websocket.resumable", apply: "restart it" }));
+      }
       refusal ??= err;
     });
     ws.on("open", () => {
-      if (o.resume && ws.protocol !== RESUME_PROTOCOL) {
-        ws.terminate();
-        reject(monitorError("RMON_ERR_SWITCHED_OFF", { what: "the resumable protocol", key: "websocket.resumable", apply: "restart it" }));
-        return;
-      }
       open = true;
       ws.send(after >= 0 ? JSON.stringify({ channel: o.channel, after }) : o.channel);
       on.opened();
