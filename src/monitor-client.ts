@@ -34,40 +34,34 @@ export function monitorUrls(config: Config): MonitorUrls {
   return { ws, zmq: `tcp://${hostPort(config.zeromq_uri)}`, http };
 }
 
-/** A ZeroMQ ROUTER that connects to the monitor and addresses it as the broker does. */
+/**
+ * A ZeroMQ ROUTER that connects to the monitor and addresses it as the broker does. A send
+ * waits until the connection to a peer named recodex-monitor is up (before that, the
+ * ROUTER has nobody to address), for at most `timeoutMs`, and fails once that peer has
+ * gone; closing waits as long for what is queued to leave.
+ */
 export class BrokerPeer {
   private readonly socket: zmq.Router;
+  private readonly timeoutMs: number;
   readonly url: string;
 
-  /** `lingerMs`: how long closing may wait for queued messages to leave. */
-  constructor(url: string, lingerMs = 0) {
+  constructor(url: string, timeoutMs: number) {
     this.url = url;
-    this.socket = new zmq.Router({ mandatory: true, linger: lingerMs });
+    this.timeoutMs = timeoutMs;
+    // `immediate`: queue only to a connection that is up. Without it a connecting socket
+    // keeps its pipe to a peer that has gone and queues into it without a word.
+    this.socket = new zmq.Router({ mandatory: true, immediate: true, linger: timeoutMs, sendTimeout: timeoutMs });
     if (url.includes("[")) this.socket.ipv6 = true;
     this.socket.connect(url);
   }
 
-  /**
-   * Sends once the connection to a peer named recodex-monitor is up: before that, the
-   * ROUTER has nobody to address and would drop the message (here: refuse it). Use it
-   * for the first message; later ones go through send().
-   */
-  async sendWhenConnected(frames: string[], timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        await this.send(frames);
-        return;
-      } catch (err) {
-        if ((err as { code?: string }).code !== "EHOSTUNREACH") throw err;
-        if (Date.now() > deadline) throw new Error(`no ZeroMQ peer with routing id ${ROUTING_ID} answered at ${this.url}`);
-        await new Promise((r) => setTimeout(r, 10));
-      }
+  async send(frames: string[]): Promise<void> {
+    try {
+      await this.socket.send([ROUTING_ID, ...frames]);
+    } catch (err) {
+      if ((err as { code?: string }).code !== "EHOSTUNREACH") throw err;
+      throw new Error(`no ZeroMQ peer with routing id ${ROUTING_ID} answered at ${this.url} within ${this.timeoutMs / 1000} s`);
     }
-  }
-
-  send(frames: string[]): Promise<void> {
-    return this.socket.send([ROUTING_ID, ...frames]);
   }
 
   close(): void {

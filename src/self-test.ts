@@ -41,12 +41,12 @@ export async function runSelfTest(config: Config, timeoutSeconds: number, print:
     }
     const browser = await step("WebSocket connection", () => openClient(wsUrl, cleanups));
     browser.ws.send(channel);
-    const broker = new BrokerPeer(zmqUrl);
+    const broker = new BrokerPeer(zmqUrl, timeoutMs);
     cleanups.push(() => broker.close());
     const sequence: string[][] = [["DOWNLOADED"], ["TASK", "selftest-task", "COMPLETED"], ["FINISHED"]];
     const expected = sequence.map((values) => encodeMessage(values));
     await step("ZeroMQ connection (handshake with recodex-monitor)", () =>
-      broker.sendWhenConnected([channel, ...sequence[0]], timeoutMs),
+      broker.send([channel, ...sequence[0]]),
     );
     await step(`relay of ${sequence[0].join(" ")}`, () => browser.next(expected[0]));
     for (let i = 1; i < sequence.length; i++) {

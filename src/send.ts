@@ -1,7 +1,7 @@
 // `recodex-monitor send CHANNEL COMMAND [TASK_ID TASK_STATE]`: plays the broker for one
-// message, or with --job for a whole job. The first message waits for the connection to the
-// monitor (a ROUTER drops what it cannot address, silently); the process then lingers until
-// the messages have left.
+// message, or with --job for a whole job. Each message waits for the connection to the
+// monitor (a plain ROUTER drops what it cannot address, silently); the process then lingers
+// until the messages have left.
 import { monitorError } from "./errors.ts";
 import { encodeMessage } from "./frames.ts";
 import { BrokerPeer } from "./monitor-client.ts";
@@ -25,28 +25,15 @@ export async function runSend(o: SendOptions, out: (line: string) => void): Prom
   const peer = new BrokerPeer(o.url, o.timeoutMs);
   try {
     for (let i = 0; i < o.messages.length; i++) {
-      const frames = [o.channel, ...o.messages[i]];
-      if (i === 0) {
-        try {
-          await peer.sendWhenConnected(frames, o.timeoutMs);
-        } catch (err) {
-          throw monitorError("RMON_ERR_UNREACHABLE", {
-            what: "ZeroMQ socket",
-            url: o.url,
-            reason: `${(err as Error).message} within ${o.timeoutMs / 1000} s`,
-            hint: "is the monitor running, and the URL (or zeromq_uri) right?",
-          });
-        }
-      } else {
-        if (o.intervalMs > 0) await new Promise((r) => setTimeout(r, o.intervalMs));
-        await peer.send(frames).catch((err: Error & { code?: string }) => {
-          if (err.code !== "EHOSTUNREACH") throw err;
-          throw monitorError("RMON_ERR_UNREACHABLE", {
-            what: "ZeroMQ socket",
-            url: o.url,
-            reason: `the connection was lost after ${i} of ${o.messages.length} messages`,
-            hint: "did the monitor stop?",
-          });
+      if (i > 0 && o.intervalMs > 0) await new Promise((r) => setTimeout(r, o.intervalMs));
+      try {
+        await peer.send([o.channel, ...o.messages[i]]);
+      } catch (err) {
+        throw monitorError("RMON_ERR_UNREACHABLE", {
+          what: "ZeroMQ socket",
+          url: o.url,
+          reason: i === 0 ? (err as Error).message : `${(err as Error).message} (after ${i} of ${o.messages.length} messages)`,
+          hint: i === 0 ? "is the monitor running, and the URL (or zeromq_uri) right?" : "did the monitor stop?",
         });
       }
       out(`sent ${encodeMessage(o.messages[i])}`);
