@@ -49,7 +49,7 @@ export const ERRORS = Object.freeze({
   RMON_ERR_UNREACHABLE: entry(EXIT.UNREACHABLE, "`watch`, `send`, `status`: the running monitor cannot be reached",
     (p: { what: string; url: string; reason: string; hint: string }) => `cannot reach the monitor's ${p.what} at ${p.url}: ${p.reason} (${p.hint})`),
   RMON_ERR_SWITCHED_OFF: entry(EXIT.SWITCHED_OFF, "`status`, `watch --resume`: what was asked is switched off in the monitor's configuration",
-    (p: { what: string; key: string; apply: string }) => `${p.what} is off in the running monitor: set ${p.key}: true in its config file and ${p.apply}`),
+    (p: { what: string; key: string; apply: string }) => `${p.what} is off: set ${p.key}: true in the monitor's config file and ${p.apply}`),
   RMON_ERR_NO_CHANNEL: entry(EXIT.NO_CHANNEL, "`status --channel`: the monitor keeps no such channel", (p: { channel: string }) =>
     `the monitor keeps no channel ${p.channel} (no message for it yet, or already dropped)`),
 });

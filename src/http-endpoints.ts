@@ -4,6 +4,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import pkg from "../package.json" with { type: "json" };
+import type { Channel } from "./channel-store.ts";
 import type { Address } from "./config.ts";
 import { listenOn } from "./web-server.ts";
 import type { Monitor } from "./monitor.ts";
@@ -156,8 +157,8 @@ export class HttpEndpoints {
     const m = this.monitor;
     const one = params.get("channel");
     if (one !== null) {
-      const detail = this.channelDetail(one);
-      return detail === null ? { code: 404, body: { error: "no such channel", channel: one } } : { code: 200, body: detail };
+      const ch = m.store.get(one);
+      return ch === undefined ? { code: 404, body: { error: "no such channel", channel: one } } : { code: 200, body: detail(ch) };
     }
     const listed = params.get("channels");
     let channels: unknown[] | undefined;
@@ -170,10 +171,11 @@ export class HttpEndpoints {
         return { code: 400, body: { error: `channels takes a number from 1 to ${MAX_LISTED}` } };
       }
       channels = [...m.jobs.channels()]
-        .map((id) => this.channelDetail(id))
-        .filter((d) => d !== null)
-        .sort((a, b) => a.idle_seconds - b.idle_seconds)
-        .slice(0, limit);
+        .map((id) => m.store.get(id))
+        .filter((ch) => ch !== undefined)
+        .sort((a, b) => b.lastActivity - a.lastActivity)
+        .slice(0, limit)
+        .map(detail);
     }
     const s = m.store.counters;
     const g = m.gateway.counters;
@@ -218,24 +220,24 @@ export class HttpEndpoints {
     return { code: 200, body };
   }
 
-  private channelDetail(id: string) {
-    const ch = this.monitor.store.get(id);
-    if (ch === undefined) return null;
-    const last = ch.kept > 0 ? ch.history[ch.history.length - 1] : null;
-    return {
-      id,
-      messages: ch.nextOffset - ch.baseOffset,
-      kept: ch.kept,
-      finished: ch.finishedAt !== 0,
-      subscribers: ch.subscribers.size,
-      idle_seconds: round((performance.now() - ch.lastActivity) / 1000),
-      last: last === null ? null : (JSON.parse(last) as unknown),
-    };
-  }
 }
 
 const MAX_LISTED = 10_000;
 const STARTED_AT = performance.timeOrigin / 1000;
+
+/** What status shows of one channel. */
+function detail(ch: Channel) {
+  const last = ch.kept > 0 ? ch.history[ch.history.length - 1] : null;
+  return {
+    id: ch.id,
+    messages: ch.nextOffset - ch.baseOffset,
+    kept: ch.kept,
+    finished: ch.finishedAt !== 0,
+    subscribers: ch.subscribers.size,
+    idle_seconds: round((performance.now() - ch.lastActivity) / 1000),
+    last: last === null ? null : (JSON.parse(last) as unknown),
+  };
+}
 
 function round(seconds: number): number {
   return Math.round(seconds * 1000) / 1000;

@@ -16,7 +16,7 @@ export interface StatusOptions {
 
 export async function runStatus(o: StatusOptions, out: (line: string) => void): Promise<number> {
   if (o.base === null) {
-    throw monitorError("RMON_ERR_SWITCHED_OFF", { what: "the HTTP endpoints (/status)", key: "http.enabled", apply: "restart it" });
+    throw monitorError("RMON_ERR_SWITCHED_OFF", { what: "the HTTP endpoint /status", key: "http.enabled", apply: "restart it" });
   }
   const query = o.channel !== undefined ? `?channel=${encodeURIComponent(o.channel)}` : o.list !== undefined ? `?channels=${o.list}` : "";
   const url = `${o.base}status${query}`;
@@ -29,7 +29,7 @@ export async function runStatus(o: StatusOptions, out: (line: string) => void): 
   if (reply.status === 426) {
     // The WebSocket port answers plain requests this way when the endpoints are off.
     throw monitorError("RMON_ERR_SWITCHED_OFF", {
-      what: "the HTTP endpoints (/status)",
+      what: "the HTTP endpoint /status",
       key: "http.enabled",
       apply: "restart it (it was started without them)",
     });

@@ -184,7 +184,7 @@ test("watch --resume against a monitor with websocket.resumable off: exit 9 nami
   const m = await monitor(t, { extraYaml: "websocket:\n  resumable: false\n" });
   const r = await runCli(["watch", "student_r2", "-c", m.configPath, "--resume"]);
   assert.equal(r.code, 9, r.stderr);
-  assert.match(r.stderr, /the resumable protocol is off in the running monitor: set websocket\.resumable: true .*\[RMON_ERR_SWITCHED_OFF\]/);
+  assert.match(r.stderr, /the resumable protocol is off: set websocket\.resumable: true .*\[RMON_ERR_SWITCHED_OFF\]/);
 });
 
 test("Ctrl-C (SIGINT) ends watch with 130 and says so", async (t) => {
