@@ -45,7 +45,7 @@ export const ERRORS = Object.freeze({
   RMON_ERR_CHECK_FAILED: entry(EXIT.CHECK_FAILED, "the self-test round trip did not complete", (p: { step: string }) =>
     `self-test failed at: ${p.step}`),
   RMON_ERR_STREAM_ENDED: entry(EXIT.STREAM_ENDED, "`watch`: the stream ended before FINISHED", (p: { channel: string; how: string }) =>
-    `channel ${p.channel}: ${p.how} before FINISHED`),
+    `channel ${p.channel} ended without FINISHED: ${p.how}`),
   RMON_ERR_UNREACHABLE: entry(EXIT.UNREACHABLE, "`watch`, `send`, `status`: the running monitor cannot be reached",
     (p: { what: string; url: string; reason: string; hint: string }) => `cannot reach the monitor's ${p.what} at ${p.url}: ${p.reason} (${p.hint})`),
   RMON_ERR_SWITCHED_OFF: entry(EXIT.SWITCHED_OFF, "`status`, `watch --resume`: what was asked is switched off in the monitor's configuration",

@@ -44,7 +44,7 @@ export async function runStatus(o: StatusOptions, out: (line: string) => void): 
     throw monitorError("RMON_ERR_SWITCHED_OFF", {
       what: "listing channel ids",
       key: "http.list_channels",
-      apply: "reload it (systemctl reload recodex-monitor, or SIGHUP)",
+      apply: "reload it (SIGHUP: systemctl kill -s HUP recodex-monitor)",
     });
   }
   if (reply.status === 404 && o.channel !== undefined) throw monitorError("RMON_ERR_NO_CHANNEL", { channel: o.channel });

@@ -15,9 +15,9 @@ export interface CliProcess {
   exited: Promise<number | string>;
 }
 
-/** Runs `node src/main.ts ARGS` in the background; killed when the test ends. */
-export function startCli(t: TestContext, args: string[]): CliProcess {
-  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+/** Runs `node src/main.ts ARGS` (or `command ARGS`) in the background; killed when the test ends. */
+export function startCli(t: TestContext, args: string[], command = [process.execPath, MAIN]): CliProcess {
+  const child = spawn(command[0], [...command.slice(1), ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   let err = "";
   const wakers = new Set<() => void>();

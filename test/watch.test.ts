@@ -73,7 +73,7 @@ test("a channel that expires ends watch with exit 7, naming the close code and r
   assert.equal(w.stdout(), `{"command": "FAILED"}\n`);
   assert.match(
     w.stderr(),
-    /recodex-monitor: channel student_w4: closed by the monitor with 4000 \(channel expired without activity\) before FINISHED \[RMON_ERR_STREAM_ENDED\]\n$/,
+    /recodex-monitor: channel student_w4 ended without FINISHED: closed by the monitor with 4000 \(channel expired without activity\) \[RMON_ERR_STREAM_ENDED\]\n$/,
   );
 });
 
@@ -84,7 +84,7 @@ test("a monitor that shuts down ends watch (without --resume) with exit 7 and 10
   await m.waitFor(/subscribed to channel student_w5/);
   await m.stop("SIGTERM");
   assert.equal(await w.exited, 7);
-  assert.match(w.stderr(), /closed by the monitor with 1001 \(monitor shutting down\) before FINISHED/);
+  assert.match(w.stderr(), /channel student_w5 ended without FINISHED: closed by the monitor with 1001 \(monitor shutting down\) \[RMON_ERR_STREAM_ENDED\]/);
 });
 
 test("watch --timeout on a channel that gets no message: exit 7 with a hint to check the channel id", async (t) => {
@@ -92,7 +92,7 @@ test("watch --timeout on a channel that gets no message: exit 7 with a hint to c
   const r = await runCli(["watch", "student_typo", "-c", m.configPath, "--timeout", "0.5"]);
   assert.equal(r.code, 7, r.stderr);
   assert.equal(r.stdout, "");
-  assert.match(r.stderr, /channel student_typo: no message for 0\.5 s \(is the channel id right\? `recodex-monitor status --channel ID`/);
+  assert.match(r.stderr, /channel student_typo ended without FINISHED: no message for 0\.5 s \(is the channel id right\? `recodex-monitor status --channel ID`/);
 });
 
 test("a channel id the monitor would refuse: exit 2 naming the limit with -c, close 1008 and exit 7 with --url", async (t) => {
@@ -103,7 +103,7 @@ test("a channel id the monitor would refuse: exit 2 naming the limit with -c, cl
   assert.match(usage.stderr, /CHANNEL is 28 bytes; the monitor refuses more than 16 \(limits\.max_channel_id_length\)/);
   const direct = await runCli(["watch", long, "--url", `ws://127.0.0.1:${m.wsPort}/`]);
   assert.equal(direct.code, 7, direct.stderr);
-  assert.match(direct.stderr, /closed by the monitor with 1008 \(invalid channel id\) before FINISHED/);
+  assert.match(direct.stderr, /ended without FINISHED: closed by the monitor with 1008 \(invalid channel id\)/);
 });
 
 test("watch with nothing listening: exit 8 naming the URL, at once", async () => {
