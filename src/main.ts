@@ -10,12 +10,6 @@ import { EXIT, MonitorError, reasonOf } from "./errors.ts";
 import type { Log } from "./logger.ts";
 import type { Monitor } from "./monitor.ts";
 
-const EXIT_CODES = `Exit codes: 0 ok, 1 internal error, 2 bad command line, 3 bad configuration,
-4 cannot bind a port, 5 log file not writable, 6 self-test failed, 7 watch: the stream
-ended before FINISHED, 8 the monitor cannot be reached, 9 switched off in the monitor's
-config, 10 no such channel.
-`;
-
 const USAGE = `Usage: recodex-monitor [-c FILE] [--check-config]
        recodex-monitor COMMAND [OPTIONS]     (recodex-monitor COMMAND --help for its options)
 
@@ -34,7 +28,11 @@ Commands (each reaches the running monitor at the addresses in -c FILE, or the d
                       play the broker for one message (--job: a whole job)
   status              what the monitor holds now: channels, clients, messages, jobs
 
-${EXIT_CODES}`;
+Exit codes: 0 ok, 1 internal error, 2 bad command line, 3 bad configuration,
+4 cannot bind a port, 5 log file not writable, 6 self-test failed, 7 watch: the stream
+ended before FINISHED, 8 the monitor cannot be reached, 9 switched off in the monitor's
+config, 10 no such channel, 130 watch interrupted.
+`;
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values = Record<string, string | boolean | undefined>;

@@ -3,8 +3,7 @@
 // HTTP endpoints.
 import { get as plainGet } from "node:http";
 import { get as httpsGet } from "node:https";
-import * as zmq from "zeromq";
-import { ROUTING_ID } from "./broker-link.ts";
+import type * as zmq from "zeromq";
 import type { Address, Config } from "./config.ts";
 
 /** The address to connect to for a listening host ("" and 0.0.0.0 mean this host). */
@@ -42,25 +41,35 @@ export function monitorUrls(config: Config): MonitorUrls {
  */
 export class BrokerPeer {
   private readonly socket: zmq.Router;
+  private readonly routingId: string;
   private readonly timeoutMs: number;
   readonly url: string;
 
-  constructor(url: string, timeoutMs: number) {
+  private constructor(socket: zmq.Router, routingId: string, url: string, timeoutMs: number) {
+    this.socket = socket;
+    this.routingId = routingId;
     this.url = url;
     this.timeoutMs = timeoutMs;
+  }
+
+  // zeromq (through the broker link) is loaded here, not at the top: `watch` and `status`
+  // never need its native addon.
+  static async connect(url: string, timeoutMs: number): Promise<BrokerPeer> {
+    const [{ Router }, { ROUTING_ID }] = await Promise.all([import("zeromq"), import("./broker-link.ts")]);
     // `immediate`: queue only to a connection that is up. Without it a connecting socket
     // keeps its pipe to a peer that has gone and queues into it without a word.
-    this.socket = new zmq.Router({ mandatory: true, immediate: true, linger: timeoutMs, sendTimeout: timeoutMs });
-    if (url.includes("[")) this.socket.ipv6 = true;
-    this.socket.connect(url);
+    const socket = new Router({ mandatory: true, immediate: true, linger: timeoutMs, sendTimeout: timeoutMs });
+    if (url.includes("[")) socket.ipv6 = true;
+    socket.connect(url);
+    return new BrokerPeer(socket, ROUTING_ID, url, timeoutMs);
   }
 
   async send(frames: string[]): Promise<void> {
     try {
-      await this.socket.send([ROUTING_ID, ...frames]);
+      await this.socket.send([this.routingId, ...frames]);
     } catch (err) {
       if ((err as { code?: string }).code !== "EHOSTUNREACH") throw err;
-      throw new Error(`no ZeroMQ peer with routing id ${ROUTING_ID} answered at ${this.url} within ${this.timeoutMs / 1000} s`);
+      throw new Error(`no ZeroMQ peer with routing id ${this.routingId} answered at ${this.url} within ${this.timeoutMs / 1000} s`);
     }
   }
 

@@ -41,7 +41,7 @@ export async function runSelfTest(config: Config, timeoutSeconds: number, print:
     }
     const browser = await step("WebSocket connection", () => openClient(wsUrl, cleanups));
     browser.ws.send(channel);
-    const broker = new BrokerPeer(zmqUrl, timeoutMs);
+    const broker = await BrokerPeer.connect(zmqUrl, timeoutMs);
     cleanups.push(() => broker.close());
     const sequence: string[][] = [["DOWNLOADED"], ["TASK", "selftest-task", "COMPLETED"], ["FINISHED"]];
     const expected = sequence.map((values) => encodeMessage(values));

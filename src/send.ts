@@ -22,7 +22,7 @@ export function jobMessages(tasks: number): string[][] {
 }
 
 export async function runSend(o: SendOptions, out: (line: string) => void): Promise<number> {
-  const peer = new BrokerPeer(o.url, o.timeoutMs);
+  const peer = await BrokerPeer.connect(o.url, o.timeoutMs);
   try {
     for (let i = 0; i < o.messages.length; i++) {
       if (i > 0 && o.intervalMs > 0) await new Promise((r) => setTimeout(r, o.intervalMs));
