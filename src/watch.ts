@@ -51,9 +51,9 @@ export async function runWatch(o: WatchOptions, out: (line: string) => void, not
         opened = true;
         failures = 0;
       },
-      message: (text) => {
+      message: (text, offset) => {
         out(stamp(text));
-        if (o.resume) lastOffset = offsetOf(text) ?? lastOffset;
+        if (offset !== undefined) lastOffset = offset;
       },
     });
     if (outcome.finished && outcome.code === 1000) {
@@ -83,7 +83,7 @@ export async function runWatch(o: WatchOptions, out: (line: string) => void, not
 function watchOnce(
   o: WatchOptions,
   after: number,
-  on: { opened(): void; message(text: string): void },
+  on: { opened(): void; message(text: string, offset: number | undefined): void },
 ): Promise<Outcome> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(o.url, o.resume ? [RESUME_PROTOCOL] : [], {
@@ -96,24 +96,24 @@ function watchOnce(
     let open = false;
     let finished = false;
     let idle: ReturnType<typeof setTimeout> | undefined;
-    let idleHow: string | null = null;
+    /** Why this side ended the connection, if it did. */
+    let endedBy: string | null = null;
     let refusal: Error | null = null;
     const armIdle = () => {
       if (o.timeoutMs === null) return;
       clearTimeout(idle);
       idle = setTimeout(() => {
-        idleHow = `no message for ${o.timeoutMs! / 1000} s (is the channel id right? \`recodex-monitor status --channel ID\` tells whether the monitor keeps it)`;
+        endedBy = `no message for ${o.timeoutMs! / 1000} s (is the channel id right? \`recodex-monitor status --channel ID\` tells whether the monitor keeps it)`;
         ws.terminate();
       }, o.timeoutMs);
     };
     let interrupted = false;
     const onSignal = () => {
       interrupted = true;
-      idleHow = "interrupted";
+      endedBy = "interrupted";
       ws.terminate();
     };
     process.once("SIGINT", onSignal);
-    process.once("SIGTERM", onSignal);
 
     ws.on("unexpected-response", (_req, res) => {
       let body = "";
@@ -139,43 +139,40 @@ function watchOnce(
     });
     ws.on("message", (data: Buffer, isBinary: boolean) => {
       armIdle();
-      const text = isBinary ? `<binary message of ${data.length} bytes>` : data.toString("utf8");
-      on.message(text);
-      if (!isBinary && commandOf(text, o.resume) === "FINISHED") finished = true;
+      if (isBinary) {
+        on.message(`<binary message of ${data.length} bytes>`, undefined);
+        return;
+      }
+      const text = data.toString("utf8");
+      const { command, offset } = read(text, o.resume);
+      on.message(text, offset);
+      if (command === "FINISHED") finished = true;
     });
     ws.on("close", (code: number, reason: Buffer) => {
       clearTimeout(idle);
       process.off("SIGINT", onSignal);
-      process.off("SIGTERM", onSignal);
       const words = reason.toString();
       const how =
-        idleHow ??
+        endedBy ??
         (code === 1006 ? "connection lost without a close frame (1006)" : `closed by the monitor with ${code}${words !== "" ? ` (${words})` : ""}`);
       resolve({
         how: finished && code === 1000 ? `${code} ${words}`.trim() : how,
         code,
         finished,
         interrupted,
-        unopened: open ? null : (refusal ?? new Error(idleHow ?? "closed during the opening handshake")),
+        unopened: open ? null : (refusal ?? new Error(endedBy ?? "closed during the opening handshake")),
       });
     });
   });
 }
 
-function commandOf(text: string, resumable: boolean): unknown {
+/** A frame's command, and with the resumable protocol its offset. */
+function read(text: string, resumable: boolean): { command: unknown; offset: number | undefined } {
   try {
-    const value = JSON.parse(text) as { command?: unknown; message?: { command?: unknown } };
-    return resumable ? value.message?.command : value.command;
+    const value = JSON.parse(text) as { command?: unknown; offset?: unknown; message?: { command?: unknown } };
+    if (!resumable) return { command: value.command, offset: undefined };
+    return { command: value.message?.command, offset: typeof value.offset === "number" ? value.offset : undefined };
   } catch {
-    return undefined;
-  }
-}
-
-function offsetOf(text: string): number | null {
-  try {
-    const value = JSON.parse(text) as { offset?: unknown };
-    return typeof value.offset === "number" ? value.offset : null;
-  } catch {
-    return null;
+    return { command: undefined, offset: undefined };
   }
 }
