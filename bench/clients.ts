@@ -3,7 +3,8 @@
 // latency from the send timestamp the sender puts in each task id (`<seq>:<monotonic ns>`).
 // Driven by run.ts over IPC.
 import WebSocket from "ws";
-import { FIXED_JSON, channelId, jobLength, jobTasks, nowNs, prng, summarize, taskState } from "./lib.ts";
+import { FIXED_JSON, channelId, jobLength, jobTasks, prng, taskState } from "./jobs.ts";
+import { nowNs, summarize } from "./sampling.ts";
 
 type Cmd =
   | { type: "init"; wsPort: number }

@@ -1,7 +1,8 @@
 // Load generator, broker side: ZeroMQ ROUTER peers that connect to the relay and address every
 // message to the peer "recodex-monitor", like the ReCodEx broker. Driven by run.ts over IPC.
 import * as zmq from "zeromq";
-import { channelId, jobCommand, jobLength, jobTasks, nowNs, prng, sleep, taskState } from "./lib.ts";
+import { channelId, jobCommand, jobLength, jobTasks, prng, taskState } from "./jobs.ts";
+import { nowNs, sleep } from "./sampling.ts";
 
 type Frames = string[];
 

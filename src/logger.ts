@@ -1,7 +1,7 @@
 // Logging through tslog with the original monitor's level names. The file sink is a
 // size-rotated stream (rotating-file-stream, logrotate-style names monitor.log.1 ...);
 // "-" writes to stderr, which journald picks up under systemd.
-import { closeSync, mkdirSync, openSync } from "node:fs";
+import { closeSync, fstatSync, mkdirSync, openSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import { createStream, type RotatingFileStream } from "rotating-file-stream";
 import { Logger as TsLogger, type ILogObj } from "tslog";
@@ -25,6 +25,9 @@ const LABEL: Readonly<Record<number, string>> = Object.freeze({
   6: "CRITICAL",
 });
 
+// syslog priorities (sd-daemon(3) "<N>" prefixes) of tslog's levels
+const JOURNAL_PRIORITY: Readonly<Record<number, number>> = Object.freeze({ 2: 7, 3: 6, 4: 4, 5: 3, 6: 2 });
+
 export interface LoggerOptions {
   file: string;
   level: LogLevelName;
@@ -37,12 +40,15 @@ export class Log {
   private readonly stream: RotatingFileStream | null;
   private level: number;
   private stderrBroken = false;
+  /** stderr is systemd's journal stream: lines carry a priority and no timestamp. */
+  private readonly journal: boolean;
   readonly destination: string;
 
   constructor(options: LoggerOptions) {
     this.level = TSLOG_LEVEL[options.level];
     this.destination = options.file === "-" ? "stderr" : options.file;
     this.stream = options.file === "-" ? null : openRotating(options);
+    this.journal = this.stream === null && stderrIsJournal();
     // A closed stderr (the terminal or the parent went away) must neither crash the relay
     // nor loop on logging its own write errors: the log is then lost, the service is not.
     process.stderr.on("error", () => {
@@ -90,12 +96,34 @@ export class Log {
   private write(obj: ILogObj): void {
     const meta = obj._logMeta as { logLevelId: number; date: Date } | undefined;
     const text = String(obj[0] ?? "");
-    const line = `${timestamp(meta?.date ?? new Date())} [${LABEL[meta?.logLevelId ?? 3] ?? "INFO"}] ${text}\n`;
+    const id = meta?.logLevelId ?? 3;
+    const label = `[${LABEL[id] ?? "INFO"}] `;
+    let line: string;
+    if (this.journal) {
+      // journald takes every line of a multi-line message as an entry of its own
+      const prefix = `<${JOURNAL_PRIORITY[id] ?? 6}>`;
+      line = `${prefix}${label}${text.replaceAll("\n", `\n${prefix}`)}\n`;
+    } else {
+      line = `${timestamp(meta?.date ?? new Date())} ${label}${text}\n`;
+    }
     if (this.stream === null) {
       if (!this.stderrBroken) process.stderr.write(line);
     } else {
       this.stream.write(line);
     }
+  }
+}
+
+/** systemd names the journal stream it connected to stderr in $JOURNAL_STREAM
+ *  ("device:inode"); a redirected stderr no longer matches it. */
+function stderrIsJournal(): boolean {
+  const stream = process.env.JOURNAL_STREAM;
+  if (!stream) return false;
+  try {
+    const st = fstatSync(2, { bigint: true });
+    return stream === `${st.dev}:${st.ino}`;
+  } catch {
+    return false;
   }
 }
 

@@ -9,6 +9,7 @@ import { loadConfig, type Config, type LoadedConfig } from "./config.ts";
 import { EXIT, MonitorError, reasonOf } from "./errors.ts";
 import type { Log } from "./logger.ts";
 import type { Monitor } from "./monitor.ts";
+import { notifyReady } from "./systemd.ts";
 
 const USAGE = `Usage: recodex-monitor [-c FILE] [--check-config]
        recodex-monitor COMMAND [OPTIONS]     (recodex-monitor COMMAND --help for its options)
@@ -423,6 +424,7 @@ async function run(loaded: LoadedConfig): Promise<number> {
     return fail(err);
   }
   started = true;
+  notifyReady(log);
   if (log.destination !== "stderr") {
     process.stderr.write(`recodex-monitor ${pkg.version} running; log: ${log.destination}\n`);
   }

@@ -3,58 +3,40 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import * as zmq from "zeromq";
-import { Broker, Browser, count, delay, startMonitor, waitUntil, type MonitorProcess } from "./helpers.ts";
+import type { Broker } from "./helpers/broker.ts";
+import { Relay } from "./helpers/relay.ts";
+import { count } from "./helpers/wait.ts";
 
-let mon: MonitorProcess;
-const brokers: Broker[] = [];
-const browsers: Browser[] = [];
+let s: Relay;
 let seq = 0;
 
-async function broker(): Promise<Broker> {
-  const b = await Broker.connect(mon.zmqPort);
-  brokers.push(b);
-  return b;
-}
-
-async function browser(channel: string): Promise<Browser> {
-  const b = await Browser.open(mon.wsPort, channel);
-  browsers.push(b);
-  // The subscription is logged once the monitor has it; wait so no message can race it.
-  await mon.waitFor(new RegExp(`subscribed to channel ${escape(channel)}(\\n| )`));
-  return b;
-}
-
-function escape(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-}
+const broker = () => s.peer();
+const browser = (channel: string) => s.subscribe(channel);
 
 function channelName(prefix: string): string {
   return `${prefix}_${process.pid}_${++seq}`;
 }
 
 /** Sends frames after the routing id, then checks that the monitor skipped the message and still relays. */
-async function expectSkipped(frames: (string | Buffer)[], reason: RegExp): Promise<void> {
+async function expectSkipped(frames: (string | Buffer)[], reason: RegExp): Promise<Broker> {
   const channel = channelName("after_bad");
   const watcher = await browser(channel);
-  const before = count(mon.output(), /ZeroMQ message skipped/);
-  const beforeReason = count(mon.output(), reason);
+  // Everything logged before the subscription line has been read by now.
+  const since = s.monitor.mark();
   const b = await broker();
   await b.sendFrames(frames);
-  await waitUntil(() => count(mon.output(), reason) > beforeReason, 5000, `a log line matching ${reason}`);
-  assert.equal(count(mon.output(), /ZeroMQ message skipped/), before + 1, "exactly one skipped line");
   await b.send(channel, "STARTED");
-  assert.deepEqual(await watcher.waitMessages(1, 5000), ['{"command": "STARTED"}']);
+  assert.deepEqual(await watcher.waitMessages(1), ['{"command": "STARTED"}'], "the monitor still relays");
+  await s.monitor.waitFor(reason, { since });
+  assert.equal(count(s.monitor.output().slice(since), /ZeroMQ message skipped/), 1, "exactly one skipped line");
+  return b;
 }
 
 before(async () => {
-  mon = await startMonitor();
+  s = await Relay.start();
 });
 
-after(async () => {
-  for (const b of browsers) b.close();
-  for (const b of brokers) b.close();
-  await mon.stop();
-});
+after(() => s.close());
 
 describe("the ROUTER socket", () => {
   test("has the routing id recodex-monitor: a broker ROUTER addressing it gets through, another id does not", async () => {
@@ -146,9 +128,8 @@ describe("malformed ZeroMQ messages are logged as skipped and the monitor keeps 
   test("a message with nothing after the channel frame", async () => {
     const channel = channelName("only_channel");
     const watcher = await browser(channel);
-    await expectSkipped([channel], /skipped: no command frame/);
-    await delay(100);
-    assert.deepEqual(watcher.messages, [], "nothing is forwarded for it");
+    const peer = await expectSkipped([channel], /skipped: no command frame/);
+    assert.deepEqual(await s.beforeMarker(watcher, channel, peer), [], "nothing is forwarded for it");
   });
 
   test("a message with nothing after the routing id", async () => {
@@ -157,14 +138,14 @@ describe("malformed ZeroMQ messages are logged as skipped and the monitor keeps 
     const watcher = await browser(channel);
     await b.send(channel, "STARTED"); // the connection is up
     await watcher.waitMessages(1);
-    const before = count(mon.output(), /ZeroMQ message skipped/);
+    const before = count(s.monitor.output(), /ZeroMQ message skipped/);
     // libzmq may drop a ROUTER message that consists of the routing id alone before it
     // leaves the sender; either way the monitor must stay up and keep relaying.
     await b.socket.send(["recodex-monitor"]).catch(() => {});
     await b.send(channel, "ENDED");
     assert.deepEqual(await watcher.waitMessages(2), ['{"command": "STARTED"}', '{"command": "ENDED"}']);
-    assert.ok(count(mon.output(), /ZeroMQ message skipped/) <= before + 1);
-    assert.equal(mon.child.exitCode, null);
+    assert.ok(count(s.monitor.output(), /ZeroMQ message skipped/) <= before + 1);
+    assert.equal(s.monitor.child.exitCode, null);
   });
 
   test("an empty channel frame (and nothing else)", async () => {
@@ -182,9 +163,8 @@ describe("malformed ZeroMQ messages are logged as skipped and the monitor keeps 
   test("invalid UTF-8 in the command frame", async () => {
     const channel = channelName("bad_cmd");
     const watcher = await browser(channel);
-    await expectSkipped([channel, Buffer.from([0xff, 0xfe])], /skipped: command frame is not valid UTF-8/);
-    await delay(100);
-    assert.deepEqual(watcher.messages, []);
+    const peer = await expectSkipped([channel, Buffer.from([0xff, 0xfe])], /skipped: command frame is not valid UTF-8/);
+    assert.deepEqual(await s.beforeMarker(watcher, channel, peer), []);
   });
 
   test("invalid UTF-8 in the task id frame", async () => {
@@ -208,7 +188,7 @@ describe("a peer that is not the monitor's ROUTER", () => {
   test("a DEALER connecting to the monitor can send too (frames after its identity)", async () => {
     const dealer = new zmq.Dealer({ linger: 0 });
     try {
-      dealer.connect(`tcp://127.0.0.1:${mon.zmqPort}`);
+      dealer.connect(`tcp://127.0.0.1:${s.monitor.zmqPort}`);
       const channel = channelName("dealer");
       const watcher = await browser(channel);
       await dealer.send([channel, "STARTED"]);

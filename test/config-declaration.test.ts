@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { combine, DECLARATION, DEFAULTS, documentationTable, KEYS, validateConfig, valueAt } from "../src/config.ts";
-import { ROOT } from "./helpers.ts";
+import { ROOT } from "./helpers/monitor-process.ts";
 
 test("README's configuration table is the one generated from the declaration", () => {
   const readme = readFileSync(join(ROOT, "README.md"), "utf8");

@@ -6,7 +6,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { DEFAULTS, loadConfig, validateConfig } from "../src/config.ts";
 import { MonitorError } from "../src/errors.ts";
-import { tempDir, writeConfig } from "./helpers.ts";
+import { tempDir, writeConfig } from "./helpers/monitor-process.ts";
 
 const MiB = 1024 * 1024;
 

@@ -4,34 +4,28 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { Broker, Browser, MAIN, ROOT, startMonitor } from "./helpers.ts";
+import { MAIN, ROOT } from "./helpers/monitor-process.ts";
+import { relay } from "./helpers/relay.ts";
 
 const DENO = join(ROOT, "node_modules", ".bin", "deno");
 
 test(
   "under Deno the monitor relays a job from a broker ROUTER to a browser and stops on SIGTERM",
   { skip: existsSync(DENO) ? false : "node_modules/.bin/deno is not installed", timeout: 60_000 },
-  async () => {
-    const mon = await startMonitor({
+  async (t) => {
+    const s = await relay(t, {
       command: [DENO, "run", "--allow-net", "--allow-read", "--allow-ffi", "--allow-env", "--allow-sys", "--allow-write", MAIN],
       env: { ...process.env, DENO_NO_UPDATE_CHECK: "1", DENO_NO_PROMPT: "1", NO_COLOR: "1" },
     });
-    try {
-      const b = await Browser.open(mon.wsPort, "student_deno", "/ws/");
-      await mon.waitFor(/subscribed to channel student_deno/);
-      const broker = await Broker.connect(mon.zmqPort);
-      await broker.send("student_deno", "TASK", "úkol 😀", "COMPLETED");
-      await broker.send("student_deno", "FINISHED");
-      assert.deepEqual(await b.waitMessages(2), [
-        '{"command": "TASK", "task_id": "\\u00fakol \\ud83d\\ude00", "task_state": "COMPLETED"}',
-        '{"command": "FINISHED"}',
-      ]);
-      assert.equal((await b.waitClose()).code, 1000);
-      broker.close();
-      assert.equal(await mon.stop("SIGTERM"), 0);
-      assert.match(mon.output(), /stopping: SIGTERM received/);
-    } finally {
-      await mon.stop("SIGKILL");
-    }
+    const b = await s.subscribe("student_deno", { path: "/ws/" });
+    await s.broker.send("student_deno", "TASK", "úkol 😀", "COMPLETED");
+    await s.broker.send("student_deno", "FINISHED");
+    assert.deepEqual(await b.waitMessages(2), [
+      '{"command": "TASK", "task_id": "\\u00fakol \\ud83d\\ude00", "task_state": "COMPLETED"}',
+      '{"command": "FINISHED"}',
+    ]);
+    assert.equal((await b.waitClose()).code, 1000);
+    assert.equal(await s.monitor.stop("SIGTERM"), 0);
+    assert.match(s.monitor.output(), /stopping: SIGTERM received/);
   },
 );

@@ -35,6 +35,8 @@ function setup() {
 
 const ENDED_NONE = { finished: 0, failed: 0, aborted: 0, expired: 0, evicted: 0 };
 const TASKS_NONE = { completed: 0, failed: 0, skipped: 0, other: 0 };
+/** The figures of a unit that knows no job. */
+const NO_JOBS = { inProgress: 0, failedOrAborted: 0, finishedKept: 0, reassigned: 0, ended: ENDED_NONE, tasks: TASKS_NONE, known: 0 };
 
 test("a whole job: DOWNLOADED, STARTED, three tasks, ENDED, UPLOADED, FINISHED", () => {
   const { jobs, at, evaluation, downloadedToStarted, figures } = setup();
@@ -50,26 +52,10 @@ test("a whole job: DOWNLOADED, STARTED, three tasks, ENDED, UPLOADED, FINISHED",
   at(110, "student_a", "FINISHED");
   assert.deepEqual(evaluation, [10]);
   assert.deepEqual(downloadedToStarted, [1.5]);
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 1,
-    reassigned: 0,
-    ended: { ...ENDED_NONE, finished: 1 },
-    tasks: { completed: 1, failed: 1, skipped: 1, other: 0 },
-    known: 1,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, finishedKept: 1, ended: { ...ENDED_NONE, finished: 1 }, tasks: { completed: 1, failed: 1, skipped: 1, other: 0 }, known: 1 });
   // finished_ttl passes: the job was counted at FINISHED, not again.
   jobs.dropped("student_a", "finished");
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 0,
-    reassigned: 0,
-    ended: { ...ENDED_NONE, finished: 1 },
-    tasks: { completed: 1, failed: 1, skipped: 1, other: 0 },
-    known: 0,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, ended: { ...ENDED_NONE, finished: 1 }, tasks: { completed: 1, failed: 1, skipped: 1, other: 0 } });
 });
 
 test("a build failure (FAILED then FINISHED) is a finished job", () => {
@@ -82,40 +68,16 @@ test("a build failure (FAILED then FINISHED) is a finished job", () => {
   at(3.25, "student_b", "FINISHED");
   assert.deepEqual(evaluation, [3.25]);
   assert.deepEqual(downloadedToStarted, [2]);
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 1,
-    reassigned: 0,
-    ended: { ...ENDED_NONE, finished: 1 },
-    tasks: TASKS_NONE,
-    known: 1,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, finishedKept: 1, ended: { ...ENDED_NONE, finished: 1 }, known: 1 });
 });
 
 test("the broker's FAILED alone: out of progress at once, counted failed when the channel expires", () => {
   const { jobs, at, evaluation, figures } = setup();
   at(0, "student_c", "FAILED");
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 1,
-    finishedKept: 0,
-    reassigned: 0,
-    ended: ENDED_NONE,
-    tasks: TASKS_NONE,
-    known: 1,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, failedOrAborted: 1, known: 1 });
   jobs.dropped("student_c", "idle");
   assert.deepEqual(evaluation, []);
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 0,
-    reassigned: 0,
-    ended: { ...ENDED_NONE, failed: 1 },
-    tasks: TASKS_NONE,
-    known: 0,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, ended: { ...ENDED_NONE, failed: 1 } });
 });
 
 test("a reassigned job: ABORTED, then a new run from DOWNLOADED on the same channel, then FINISHED", () => {
@@ -139,15 +101,7 @@ test("a reassigned job: ABORTED, then a new run from DOWNLOADED on the same chan
   // The student waited from the first run's DOWNLOADED; each run is timed to its STARTED.
   assert.deepEqual(evaluation, [20]);
   assert.deepEqual(downloadedToStarted, [1, 3]);
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 1,
-    reassigned: 1,
-    ended: { ...ENDED_NONE, finished: 1 },
-    tasks: { ...TASKS_NONE, completed: 3 },
-    known: 1,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, finishedKept: 1, reassigned: 1, ended: { ...ENDED_NONE, finished: 1 }, tasks: { ...TASKS_NONE, completed: 3 }, known: 1 });
 });
 
 test("ABORTED alone is counted aborted when the channel goes, whether it expires or is evicted", () => {
@@ -157,15 +111,7 @@ test("ABORTED alone is counted aborted when the channel goes, whether it expires
   at(0, "student_e2", "ABORTED");
   jobs.dropped("student_e1", "idle");
   jobs.dropped("student_e2", "evicted");
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 0,
-    reassigned: 0,
-    ended: { ...ENDED_NONE, aborted: 2 },
-    tasks: TASKS_NONE,
-    known: 0,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, ended: { ...ENDED_NONE, aborted: 2 } });
 });
 
 test("a job whose messages stop is expired at idle_ttl, or evicted at a cap", () => {
@@ -179,15 +125,7 @@ test("a job whose messages stop is expired at idle_ttl, or evicted at a cap", ()
   jobs.dropped("student_g", "evicted");
   assert.deepEqual(evaluation, []);
   assert.deepEqual(downloadedToStarted, [1]);
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 0,
-    reassigned: 0,
-    ended: { ...ENDED_NONE, expired: 1, evicted: 1 },
-    tasks: { ...TASKS_NONE, completed: 1 },
-    known: 0,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, ended: { ...ENDED_NONE, expired: 1, evicted: 1 }, tasks: { ...TASKS_NONE, completed: 1 } });
 });
 
 test("a finished job evicted at a cap stays counted as finished only", () => {
@@ -205,15 +143,7 @@ test("messages after FINISHED are not a new job; after the channel is dropped th
   at(5, "student_i", "FINISHED");
   at(6, "student_i", "TASK", "COMPLETED");
   at(7, "student_i", "DOWNLOADED");
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 1,
-    reassigned: 0,
-    ended: { ...ENDED_NONE, finished: 1 },
-    tasks: TASKS_NONE,
-    known: 1,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, finishedKept: 1, ended: { ...ENDED_NONE, finished: 1 }, known: 1 });
   jobs.dropped("student_i", "finished");
   at(100, "student_i", "DOWNLOADED");
   at(104, "student_i", "FINISHED");
@@ -236,15 +166,7 @@ test("a shutdown lets go of every job without counting an end; an unknown channe
   at(0, "student_m", "FINISHED");
   jobs.dropped("never-seen", "idle");
   for (const id of ["student_k", "student_l", "student_m"]) jobs.dropped(id, "shutdown");
-  assert.deepEqual(figures(), {
-    inProgress: 0,
-    failedOrAborted: 0,
-    finishedKept: 0,
-    reassigned: 0,
-    ended: { ...ENDED_NONE, finished: 1 },
-    tasks: TASKS_NONE,
-    known: 0,
-  });
+  assert.deepEqual(figures(), { ...NO_JOBS, ended: { ...ENDED_NONE, finished: 1 } });
 });
 
 test("STARTED without a DOWNLOADED (the monitor came up mid-job) is not timed", () => {

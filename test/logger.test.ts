@@ -6,7 +6,10 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "
 import { join } from "node:path";
 import { Log, WarnLimiter } from "../src/logger.ts";
 import { MonitorError } from "../src/errors.ts";
-import { Broker, Browser, startMonitor, tempDir, waitUntil } from "./helpers.ts";
+import { Browser } from "./helpers/browser.ts";
+import { monitor, tempDir } from "./helpers/monitor-process.ts";
+import { relay } from "./helpers/relay.ts";
+import { waitUntil } from "./helpers/wait.ts";
 
 const LINE = /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} \[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] .*$/;
 
@@ -89,10 +92,7 @@ test("a log file that cannot be created is a start-up error with its own code", 
 
 test("the file rotates at max-size into monitor.log.1 ... and keeps only `rotations` old files", async () => {
   const { file, log } = fileLog("info", { "max-size": 1024, rotations: 2 });
-  for (let i = 0; i < 200; i++) {
-    log.info(`line ${i} ${"x".repeat(60)}`);
-    if (i % 10 === 9) await new Promise((r) => setTimeout(r, 5));
-  }
+  for (let i = 0; i < 200; i++) log.info(`line ${i} ${"x".repeat(60)}`);
   await log.close();
   const dir = join(file, "..");
   const names = readdirSync(dir).sort();
@@ -101,85 +101,59 @@ test("the file rotates at max-size into monitor.log.1 ... and keeps only `rotati
   assert.match(readFileSync(file, "utf8") + readFileSync(file + ".1", "utf8"), /line 199 /);
 });
 
-test("the running monitor rotates its log: monitor.log, .1 and .2 and no .3 with rotations 2", async () => {
+test("the running monitor rotates its log: monitor.log, .1 and .2 and no .3 with rotations 2", async (t) => {
   const dir = tempDir();
   const file = join(dir, "monitor.log");
-  const mon = await startMonitor({
-    extraYaml: `logger:\n  file: ${file}\n  level: info\n  max-size: 1024\n  rotations: 2\n`,
-    waitReady: false,
-  });
-  try {
-    await mon.waitFor(/running; log: /);
-    await waitUntil(() => /\[INFO\] recodex-monitor ready/.test(readFileSync(file, "utf8")), 5000, "the ready line in the file");
-    // Each subscription logs one INFO line of about 100 bytes.
-    for (let round = 0; round < 10; round++) {
-      const clients = await Promise.all(
-        Array.from({ length: 10 }, (_, i) => Browser.open(mon.wsPort, `rotation_channel_${round}_${i}_${"r".repeat(20)}`)),
-      );
-      await new Promise((r) => setTimeout(r, 50));
-      for (const c of clients) c.close();
-    }
-    await waitUntil(() => existsSync(file + ".2"), 5000, "monitor.log.2");
-    assert.equal(await mon.stop(), 0);
-    const names = readdirSync(dir).filter((n) => n.startsWith("monitor.log")).sort();
-    assert.deepEqual(names, ["monitor.log", "monitor.log.1", "monitor.log.2"]);
-    assert.match(readFileSync(file, "utf8"), /\[INFO\] stopped\n$/, "the last line is flushed before exit");
-  } finally {
-    await mon.stop();
+  const m = await monitor(t, { extraYaml: `logger:\n  file: ${file}\n  level: info\n  max-size: 1024\n  rotations: 2\n` });
+  // Each subscription logs one INFO line of about 100 bytes.
+  for (let round = 0; round < 10; round++) {
+    const clients = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => Browser.open(m.wsPort, `rotation_channel_${round}_${i}_${"r".repeat(20)}`)),
+    );
+    for (const c of clients) c.close();
   }
+  await waitUntil(() => existsSync(file + ".2"), "monitor.log.2");
+  assert.equal(await m.stop(), 0);
+  const names = readdirSync(dir).filter((n) => n.startsWith("monitor.log")).sort();
+  assert.deepEqual(names, ["monitor.log", "monitor.log.1", "monitor.log.2"]);
+  assert.match(readFileSync(file, "utf8"), /\[INFO\] stopped\n$/, "the last line is flushed before exit");
 });
 
-test('logger.file "-" writes the log to stderr, and at info there are no DEBUG lines', async () => {
-  const mon = await startMonitor({ extraYaml: 'logger:\n  file: "-"\n  level: info\n' });
-  try {
-    const b = await Browser.open(mon.wsPort, "info_channel");
-    await mon.waitFor(/subscribed to channel info_channel/);
-    b.close();
-    assert.equal(await mon.stop(), 0);
-    const lines = mon.output().trim().split("\n");
-    for (const line of lines) assert.match(line, LINE);
-    assert.ok(!lines.some((l) => l.includes("[DEBUG]")), "no DEBUG line at level info");
-    assert.ok(lines.some((l) => l.includes("[INFO] recodex-monitor ready")));
-  } finally {
-    await mon.stop();
-  }
+test('logger.file "-" writes the log to stderr, and at info there are no DEBUG lines', async (t) => {
+  const s = await relay(t, { extraYaml: 'logger:\n  file: "-"\n  level: info\n' });
+  await s.subscribe("info_channel");
+  assert.equal(await s.monitor.stop(), 0);
+  const lines = s.monitor.output().trim().split("\n");
+  for (const line of lines) assert.match(line, LINE);
+  assert.ok(!lines.some((l) => l.includes("[DEBUG]")), "no DEBUG line at level info");
+  assert.ok(lines.some((l) => l.includes("[INFO] recodex-monitor ready")));
 });
 
-test("at debug the log says which client connected, subscribed to which channel and left", async () => {
-  const mon = await startMonitor(); // level debug, stderr
-  try {
-    const b = await Browser.open(mon.wsPort, "student_42", "/ws/");
-    await mon.waitFor(/subscribed to channel student_42/);
-    const broker = await Broker.connect(mon.zmqPort);
-    await broker.send("student_42", "FINISHED");
-    await b.waitClose();
-    broker.close();
-    await mon.waitFor(/disconnected with 1000 from channel student_42/);
-    const out = mon.output();
-    const id = out.match(/client #(\d+) connected from 127\.0\.0\.1 \(\/ws\/\)/)?.[1];
-    assert.ok(id, out);
-    assert.match(out, new RegExp(`\\[INFO\\] client #${id} \\(127\\.0\\.0\\.1\\) subscribed to channel student_42\\n`));
-    assert.match(out, new RegExp(`\\[DEBUG\\] client #${id} \\(127\\.0\\.0\\.1\\) disconnected with 1000 from channel student_42`));
-  } finally {
-    await mon.stop();
-  }
+test("at debug the log says which client connected, subscribed to which channel and left", async (t) => {
+  const s = await relay(t); // level debug, stderr
+  const b = await s.subscribe("student_42", { path: "/ws/" });
+  await s.broker.send("student_42", "FINISHED");
+  await b.waitClose();
+  await s.monitor.waitFor(/disconnected with 1000 from channel student_42/);
+  const out = s.monitor.output();
+  const id = out.match(/client #(\d+) connected from 127\.0\.0\.1 \(\/ws\/\)/)?.[1];
+  assert.ok(id, out);
+  assert.match(out, new RegExp(`\\[INFO\\] client #${id} \\(127\\.0\\.0\\.1\\) subscribed to channel student_42\\n`));
+  assert.match(out, new RegExp(`\\[DEBUG\\] client #${id} \\(127\\.0\\.0\\.1\\) disconnected with 1000 from channel student_42`));
 });
 
-test("at warning the monitor writes no INFO lines, yet reports itself on stderr", async () => {
+test("at warning the monitor writes no INFO lines, yet reports itself on stderr", async (t) => {
   const dir = tempDir();
   const file = join(dir, "monitor.log");
-  const mon = await startMonitor({ extraYaml: `logger:\n  file: ${file}\n  level: warning\n`, waitReady: false });
-  try {
-    await mon.waitFor(/running; log: /);
-    const b = await Browser.open(mon.wsPort, "quiet");
-    await new Promise((r) => setTimeout(r, 200));
-    b.close();
-    assert.equal(await mon.stop(), 0);
-    const text = readFileSync(file, "utf8");
-    assert.doesNotMatch(text, /\[(INFO|DEBUG)\]/);
-  } finally {
-    await mon.stop();
-  }
+  const m = await monitor(t, { extraYaml: `logger:\n  file: ${file}\n  level: warning\n`, waitReady: false });
+  await m.waitFor(/running; log: /);
+  // An error the monitor must log at this level, written after the ready line it must not.
+  m.editConfig((text) => text + "limits: [\n");
+  m.child.kill("SIGHUP");
+  await waitUntil(() => /\[ERROR\] configuration not reloaded/.test(readFileSync(file, "utf8")), "the reload's error in the log file");
+  assert.equal(await m.stop(), 0);
+  const text = readFileSync(file, "utf8");
+  assert.doesNotMatch(text, /\[(INFO|DEBUG)\]/);
 });
 
 test("a flood of one warning kind is logged 20 times a window, then how many were held back, even when the flood stops", () => {

@@ -5,21 +5,27 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Broker, Browser, freePort, httpGet, ROOT, tempDir } from "./helpers.ts";
-import { monitor, upgradeOutcome, waitUntil } from "./feature-helpers.ts";
-import { SEQUENCES, which } from "./ops-helpers.ts";
+import { Browser, upgradeOutcome } from "./helpers/browser.ts";
+import { httpGet } from "./helpers/http.ts";
+import { SEQUENCES, sendJob } from "./helpers/jobs.ts";
+import { killOnExit, ROOT, tempDir } from "./helpers/monitor-process.ts";
+import { relay } from "./helpers/relay.ts";
+import { waitUntil } from "./helpers/wait.ts";
 
 const RULES_DIR = join(ROOT, "packaging", "prometheus");
 const RULES = join(RULES_DIR, "recodex-monitor.rules.yml");
 const DASHBOARD = join(ROOT, "packaging", "grafana", "recodex-monitor.json");
-const PROMETHEUS = which("prometheus");
-const PROMTOOL = which("promtool");
-const skip = PROMETHEUS === null || PROMTOOL === null ? "needs prometheus and promtool (Debian: apt-get install prometheus)" : false;
+const PROMETHEUS = "/usr/bin/prometheus";
+const PROMTOOL = "/usr/bin/promtool";
+const missing = [PROMETHEUS, PROMTOOL].filter((p) => !existsSync(p));
+const skip = missing.length > 0 ? `needs ${missing.join(", ")} (Debian: apt-get install prometheus)` : false;
+// Prometheus logs the address it bound, also for port 0.
+const LISTENING = /msg="Listening on" address=127\.0\.0\.1:(\d+)/;
 
 function promtool(args: string[], input?: string) {
-  const r = spawnSync(PROMTOOL!, args, { cwd: RULES_DIR, encoding: "utf8", input, timeout: 60_000 });
+  const r = spawnSync(PROMTOOL, args, { cwd: RULES_DIR, encoding: "utf8", input, timeout: 60_000 });
   return { code: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
@@ -72,7 +78,7 @@ test("the dashboard is valid JSON whose panels all query the datasource variable
 });
 
 test("a real Prometheus scrapes a real monitor under load: the rules evaluate and every dashboard query returns data", { skip, timeout: 180_000 }, async (t) => {
-  const m = await monitor(t, {
+  const { monitor: m, broker } = await relay(t, {
     extraYaml: 'http:\n  enabled: true\naccess:\n  allowed_origins: ["https://recodex.example.org"]\n',
   });
   // Its metric names pass Prometheus's own lint.
@@ -81,17 +87,17 @@ test("a real Prometheus scrapes a real monitor under load: the rules evaluate an
   assert.equal(lint.out.trim(), "", lint.out);
 
   const dir = tempDir("rmon-prometheus-");
-  const port = await freePort();
   writeFileSync(
     join(dir, "prometheus.yml"),
     `global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - ${RULES}\n` +
       `scrape_configs:\n  - job_name: recodex-monitor\n    static_configs:\n      - targets: ["127.0.0.1:${m.wsPort}"]\n`,
   );
   const prometheus = spawn(
-    PROMETHEUS!,
-    [`--config.file=${join(dir, "prometheus.yml")}`, `--storage.tsdb.path=${join(dir, "data")}`, `--web.listen-address=127.0.0.1:${port}`, "--log.level=warn"],
+    PROMETHEUS,
+    [`--config.file=${join(dir, "prometheus.yml")}`, `--storage.tsdb.path=${join(dir, "data")}`, "--web.listen-address=127.0.0.1:0", "--log.level=info"],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
+  killOnExit(prometheus);
   let log = "";
   prometheus.stdout.on("data", (d: Buffer) => (log += d.toString()));
   prometheus.stderr.on("data", (d: Buffer) => (log += d.toString()));
@@ -100,8 +106,18 @@ test("a real Prometheus scrapes a real monitor under load: the rules evaluate an
     prometheus.kill("SIGTERM");
     await exited;
   });
+  let port = 0;
+  await waitUntil(
+    () => {
+      if (prometheus.exitCode !== null) throw new Error(`prometheus exited (${prometheus.exitCode}):\n${log}`);
+      port = Number(log.match(LISTENING)?.[1] ?? 0);
+      return port !== 0;
+    },
+    () => `Prometheus to listen; its log:\n${log}`,
+    30_000,
+  );
   const api = async (path: string) => {
-    const r = await httpGet(port, path, { timeoutMs: 10_000 });
+    const r = await httpGet(port, path);
     assert.equal(r.status, 200, `${path}: ${r.body}\n${log}`);
     return JSON.parse(r.body).data;
   };
@@ -109,8 +125,6 @@ test("a real Prometheus scrapes a real monitor under load: the rules evaluate an
 
   // The load: whole jobs with a watching browser each, a build failure, a reassigned job,
   // a job that stays open, a broker FAILED, and browsers from a foreign origin (refused).
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
   let stop = false;
   let jobs = 0;
   const load = (async () => {
@@ -118,11 +132,11 @@ test("a real Prometheus scrapes a real monitor under load: the rules evaluate an
       const channel = `student_load_${i}`;
       const browser = await Browser.open(m.wsPort, channel);
       const steps = i % 5 === 1 ? SEQUENCES.buildFailure : i % 5 === 2 ? SEQUENCES.reassigned : SEQUENCES.whole;
-      for (const step of steps) await broker.send(channel, ...(step as unknown as [string, ...string[]]));
+      await sendJob(broker, channel, steps);
       await browser.waitClose();
       if (i % 10 === 3) await broker.send(`student_open_${i}`, "DOWNLOADED");
       if (i % 10 === 7) await broker.send(`student_failed_${i}`, "FAILED");
-      if (i % 10 === 9) (await upgradeOutcome(`ws://127.0.0.1:${m.wsPort}/`, { origin: "https://elsewhere.example" })).browser.close();
+      if (i % 10 === 9) (await upgradeOutcome(m.url(), { origin: "https://elsewhere.example" })).browser.close();
       jobs++;
     }
   })();

@@ -1,11 +1,12 @@
 // Resumable streams: a client that offers the subprotocol "recodex-monitor.resume.v1" gets
 // every message wrapped with its offset and can resume after a reconnect; legacy clients
 // (no subprotocol) keep getting the original bytes.
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { Broker, Browser, delay } from "./helpers.ts";
-import { metric, metrics, monitor, RESUME, upgradeOutcome, waitUntil } from "./feature-helpers.ts";
-import type { MonitorProcess } from "./helpers.ts";
+import { Browser, RESUME, upgradeOutcome } from "./helpers/browser.ts";
+import { metrics } from "./helpers/http.ts";
+import { monitor } from "./helpers/monitor-process.ts";
+import { relay, type Relay } from "./helpers/relay.ts";
 
 const DOWNLOADED = '{"command": "DOWNLOADED"}';
 const STARTED = '{"command": "STARTED"}';
@@ -16,48 +17,21 @@ const wrap = (offset: number, json: string) => `{"offset": ${offset}, "message":
 const gap = (first: number) => `{"gap": {"first_offset": ${first}}}`;
 const task = (i: number) => `{"command": "TASK", "task_id": "t${i}", "task_state": "COMPLETED"}`;
 
-async function resumable(m: MonitorProcess, first?: string): Promise<Browser> {
-  const b = new Browser(`ws://127.0.0.1:${m.wsPort}/`, RESUME);
-  await b.opened;
+/** A resumable client subscribed with `first` (a channel id or a resume request) to `channel`. */
+async function resume(s: Relay, channel: string, first = channel): Promise<Browser> {
+  const b = await s.subscribe(channel, { protocols: RESUME, first });
   assert.equal(b.ws.protocol, RESUME, "the monitor accepted the resume subprotocol");
-  if (first !== undefined) b.ws.send(first);
   return b;
 }
 
-async function setup(t: import("node:test").TestContext, extraYaml = "") {
-  const m = await monitor(t, { extraYaml });
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
-  const browsers: Browser[] = [];
-  t.after(() => browsers.forEach((b) => b.close()));
-  return {
-    m,
-    broker,
-    async resume(first?: string) {
-      const b = await resumable(m, first);
-      browsers.push(b);
-      return b;
-    },
-    async legacy(channel: string) {
-      const b = await Browser.open(m.wsPort, channel);
-      browsers.push(b);
-      return b;
-    },
-    /** Waits until the monitor has logged the subscription (so replay and live do not race the test). */
-    subscribed(channel: string, n = 1) {
-      return waitUntil(
-        () => m.output().split(`subscribed to channel ${channel}\n`).length - 1 >= n,
-        `subscription #${n} to ${channel}`,
-      );
-    },
-  };
+function setup(t: TestContext, extraYaml = ""): Promise<Relay> {
+  return relay(t, { extraYaml });
 }
 
 test("a resumable client gets each message as {\"offset\": N, \"message\": <original bytes>}, a legacy client on the same channel the original bytes", async (t) => {
   const s = await setup(t);
-  const r = await s.resume("job_r");
-  const l = await s.legacy("job_r");
-  await s.subscribed("job_r", 2);
+  const r = await resume(s, "job_r");
+  const l = await s.subscribe("job_r");
   await s.broker.send("job_r", "DOWNLOADED");
   await s.broker.send("job_r", "TASK", "úkol-2", "FAILED");
   await s.broker.send("job_r", "FINISHED");
@@ -77,9 +51,8 @@ test("a resumable client's first message may be JSON {\"channel\": ...} without 
   const s = await setup(t);
   await s.broker.send("job_j", "DOWNLOADED");
   await s.broker.send("job_j", "STARTED");
-  const l = await s.legacy("job_j");
-  await l.waitMessages(2);
-  const r = await s.resume(JSON.stringify({ channel: "job_j" }));
+  await (await s.subscribe("job_j")).waitMessages(2);
+  const r = await resume(s, "job_j", JSON.stringify({ channel: "job_j" }));
   assert.deepEqual(await r.waitMessages(2), [wrap(0, DOWNLOADED), wrap(1, STARTED)]);
   await s.broker.send("job_j", "FINISHED");
   assert.deepEqual(await r.waitMessages(3), [wrap(0, DOWNLOADED), wrap(1, STARTED), wrap(2, FINISHED)]);
@@ -88,59 +61,60 @@ test("a resumable client's first message may be JSON {\"channel\": ...} without 
 
 test("resuming with {\"channel\", \"after\": k} replays only offsets above k, then live messages continue the numbering", async (t) => {
   const s = await setup(t, "http:\n  enabled: true\n");
-  const first = await s.resume("job_k");
-  await s.subscribed("job_k");
+  const first = await resume(s, "job_k");
   for (let i = 0; i < 5; i++) await s.broker.send("job_k", "TASK", `t${i}`, "COMPLETED");
   await first.waitMessages(5);
   first.close(); // the browser lost its connection after offset 4... but only processed up to 2
-  const again = await s.resume(JSON.stringify({ channel: "job_k", after: 2 }));
+  const again = await resume(s, "job_k", JSON.stringify({ channel: "job_k", after: 2 }));
   assert.deepEqual(await again.waitMessages(2), [wrap(3, task(3)), wrap(4, task(4))]);
   await s.broker.send("job_k", "FINISHED");
   assert.deepEqual(await again.waitMessages(3), [wrap(3, task(3)), wrap(4, task(4)), wrap(5, FINISHED)]);
   assert.equal((await again.waitClose()).code, 1000);
-  assert.match(s.m.output(), /subscribed to channel job_k resuming after offset 2/);
-  const got = await metrics(s.m.wsPort);
-  assert.equal(metric(got, "recodex_monitor_resumes_total"), 1);
-  assert.equal(metric(got, "recodex_monitor_subscriptions_total"), 2);
+  assert.match(s.monitor.output(), /subscribed to channel job_k resuming after offset 2/);
+  const got = await metrics(s.monitor.wsPort);
+  assert.equal(got.value("recodex_monitor_resumes_total"), 1);
+  assert.equal(got.value("recodex_monitor_subscriptions_total"), 2);
 });
 
 test("resuming after the last offset of a finished channel sends nothing and closes with 1000", async (t) => {
   const s = await setup(t);
   await s.broker.send("job_done", "DOWNLOADED");
   await s.broker.send("job_done", "FINISHED");
-  const l = await s.legacy("job_done");
-  assert.deepEqual(await l.waitMessages(2), [DOWNLOADED, FINISHED]);
-  const r = await s.resume(JSON.stringify({ channel: "job_done", after: 1 }));
+  assert.deepEqual(await (await s.subscribe("job_done")).waitMessages(2), [DOWNLOADED, FINISHED]);
+  const r = await resume(s, "job_done", JSON.stringify({ channel: "job_done", after: 1 }));
   assert.equal((await r.waitClose()).code, 1000);
   assert.deepEqual(r.messages, []);
 });
 
 test("resuming after an offset older than the kept history first signals the gap, then sends the kept messages", async (t) => {
   const s = await setup(t, "retention:\n  max_messages_per_channel: 3\n");
+  const live = await s.subscribe("job_trunc");
   for (let i = 0; i < 6; i++) await s.broker.send("job_trunc", "TASK", `t${i}`, "COMPLETED");
-  const l = await s.legacy("job_trunc");
+  await live.waitMessages(6);
+  const l = await s.subscribe("job_trunc");
   assert.deepEqual(await l.waitMessages(3), [task(3), task(4), task(5)], "only the last 3 are kept");
-  const r = await s.resume(JSON.stringify({ channel: "job_trunc", after: 0 }));
-  assert.deepEqual(await r.waitMessages(4), [gap(3), wrap(3, task(3)), wrap(4, task(4)), wrap(5, task(5))]);
-  await delay(100);
-  assert.equal(r.messages.length, 4);
+  const r = await resume(s, "job_trunc", JSON.stringify({ channel: "job_trunc", after: 0 }));
+  await s.broker.send("job_trunc", "FINISHED");
+  assert.deepEqual(await r.waitMessages(5), [gap(3), wrap(3, task(3)), wrap(4, task(4)), wrap(5, task(5)), wrap(6, FINISHED)]);
+  assert.equal((await r.waitClose()).code, 1000);
 });
 
 test("resuming right before the oldest kept message is not a gap", async (t) => {
   const s = await setup(t, "retention:\n  max_messages_per_channel: 3\n");
+  const live = await s.subscribe("job_edge");
   for (let i = 0; i < 6; i++) await s.broker.send("job_edge", "TASK", `t${i}`, "COMPLETED");
-  const l = await s.legacy("job_edge");
-  await l.waitMessages(3);
-  const r = await s.resume(JSON.stringify({ channel: "job_edge", after: 2 }));
-  assert.deepEqual(await r.waitMessages(3), [wrap(3, task(3)), wrap(4, task(4)), wrap(5, task(5))]);
+  await live.waitMessages(6);
+  const r = await resume(s, "job_edge", JSON.stringify({ channel: "job_edge", after: 2 }));
+  await s.broker.send("job_edge", "FINISHED");
+  assert.deepEqual(await r.waitMessages(4), [wrap(3, task(3)), wrap(4, task(4)), wrap(5, task(5)), wrap(6, FINISHED)]);
 });
 
 test("resuming a channel the monitor no longer has (FINISHED + finished_ttl passed) yields a gap signal", async (t) => {
   const s = await setup(t, "retention:\n  finished_ttl: 0.2\n");
   await s.broker.send("job_gone", "DOWNLOADED");
   await s.broker.send("job_gone", "FINISHED");
-  await waitUntil(() => /channel job_gone dropped \(finished_ttl passed/.test(s.m.output()), "the channel to be dropped");
-  const r = await s.resume(JSON.stringify({ channel: "job_gone", after: 1 }));
+  await s.monitor.waitFor(/channel job_gone dropped \(finished_ttl passed/);
+  const r = await resume(s, "job_gone", JSON.stringify({ channel: "job_gone", after: 1 }));
   const [first] = await r.waitMessages(1);
   const parsed = JSON.parse(first) as { gap?: { first_offset?: unknown } };
   assert.ok(parsed.gap !== undefined, `a gap signal, got ${first}`);
@@ -151,9 +125,8 @@ test("resuming after an offset the channel never reached (e.g. the monitor resta
   const s = await setup(t);
   await s.broker.send("job_new", "DOWNLOADED");
   await s.broker.send("job_new", "STARTED");
-  const l = await s.legacy("job_new");
-  await l.waitMessages(2);
-  const r = await s.resume(JSON.stringify({ channel: "job_new", after: 10 }));
+  await (await s.subscribe("job_new")).waitMessages(2);
+  const r = await resume(s, "job_new", JSON.stringify({ channel: "job_new", after: 10 }));
   assert.deepEqual(await r.waitMessages(3), [gap(0), wrap(0, DOWNLOADED), wrap(1, STARTED)]);
 });
 
@@ -168,7 +141,8 @@ for (const bad of [
 ]) {
   test(`an invalid resume request ${bad} is closed with 1008`, async (t) => {
     const s = await setup(t);
-    const r = await s.resume(bad);
+    const r = await s.connect({ protocols: RESUME });
+    r.ws.send(bad);
     assert.equal((await r.waitClose()).code, 1008);
     assert.deepEqual(r.messages, []);
   });
@@ -177,8 +151,7 @@ for (const bad of [
 test("a legacy client whose channel id starts with '{' subscribes to exactly that id (no resume parsing)", async (t) => {
   const s = await setup(t);
   const id = '{"channel": "x", "after": 0}';
-  const l = await s.legacy(id);
-  await s.subscribed(id);
+  const l = await s.subscribe(id);
   await s.broker.send(id, "FINISHED");
   assert.deepEqual(await l.waitMessages(1), [FINISHED]);
   assert.equal((await l.waitClose()).code, 1000);
@@ -194,15 +167,14 @@ test("the resume subprotocol is picked among several offered protocols", async (
 
 test("with websocket.resumable: false the subprotocol is not accepted, legacy clients still work", async (t) => {
   const s = await setup(t, "websocket:\n  resumable: false\n");
-  const b = new Browser(`ws://127.0.0.1:${s.m.wsPort}/`, RESUME);
+  const b = new Browser(`ws://127.0.0.1:${s.monitor.wsPort}/`, RESUME);
   t.after(() => b.close());
   const accepted = await b.opened.then(
     () => b.ws.protocol,
     () => "",
   );
   assert.equal(accepted, "", "no subprotocol agreed");
-  const l = await s.legacy("job_plain");
-  await s.subscribed("job_plain");
+  const l = await s.subscribe("job_plain");
   await s.broker.send("job_plain", "FINISHED");
   assert.deepEqual(await l.waitMessages(1), [FINISHED]);
 });

@@ -1,22 +1,17 @@
 // The packaged reverse-proxy recipe, for real: nginx terminates TLS and serves the snippet
 // from packaging/reverse-proxy/nginx.conf; headless Chromium opens a page that subscribes
 // through wss://.../ws/ the way the ReCodEx web-app does; a job goes in on the ZeroMQ side.
-// Needs /usr/sbin/nginx, /usr/bin/chromium and openssl (Debian: nginx-light chromium).
+// Needs /usr/sbin/nginx and /usr/bin/chromium (Debian: nginx-light chromium).
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
-import { Broker, delay, freePort, ROOT, startMonitor, tempDir, type MonitorProcess } from "./helpers.ts";
-import {
-  Chromium,
-  makeCertificate,
-  killOnExit,
-  missingTools,
-  splitNginxSnippet,
-  startNginx,
-  type NginxProcess,
-} from "./proxy-helpers.ts";
+import { Broker } from "./helpers/broker.ts";
+import { ROOT, startMonitor, tempDir, type MonitorProcess } from "./helpers/monitor-process.ts";
+import { Chromium, missingTools, splitNginxSnippet, startNginx, type NginxProcess } from "./helpers/reverse-proxy.ts";
+import { CERT_A } from "./helpers/tls.ts";
+import { escapeRegExp, waitUntil } from "./helpers/wait.ts";
 
 const SNIPPET = join(ROOT, "packaging", "reverse-proxy", "nginx.conf");
 const PAGE = join(ROOT, "test", "fixtures", "reverse-proxy-page.html");
@@ -61,25 +56,6 @@ interface PageState {
   errors: number;
 }
 
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-}
-
-async function waitForFile(path: string, pattern: RegExp, ms: number): Promise<string> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    let text = "";
-    try {
-      text = readFileSync(path, "utf8");
-    } catch {
-      /* not written yet */
-    }
-    if (pattern.test(text)) return text;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern} in ${path}:\n${text}`);
-    await delay(25);
-  }
-}
-
 test(
   "web-app style page in headless Chromium gets a job through nginx (wss://…/ws/)",
   { skip: missing ?? false, timeout: 60_000 },
@@ -95,7 +71,6 @@ test(
       // The snippet as an admin would paste it, with the monitor's port instead of 4567.
       monitor = await startMonitor();
       const m = monitor;
-      killOnExit(m.child);
       cleanups.push(async () => void (await m.stop()));
       const snippetText = readFileSync(SNIPPET, "utf8");
       assert.equal(
@@ -108,13 +83,12 @@ test(
       assert.equal(snippet.server.length, 1, "the snippet has one location block for the server context");
       assert.match(snippet.server[0], /^location \/ws\/ \{/);
 
-      const { cert, key } = makeCertificate(dir);
       const www = join(dir, "www");
       mkdirSync(www);
       writeFileSync(join(www, "index.html"), readFileSync(PAGE));
-      const port = await freePort();
-      nginx = await startNginx({ dir, port, cert, key, root: www, snippet });
+      nginx = await startNginx({ dir, cert: CERT_A.cert, key: CERT_A.key, root: www, snippet });
       const n = nginx;
+      const port = n.port;
       cleanups.push(() => n.stop());
 
       const broker = await Broker.connect(m.zmqPort);
@@ -132,22 +106,15 @@ test(
       const pageUrl = `https://127.0.0.1:${port}/?channel=${encodeURIComponent(channel)}`;
       await c.navigate(pageUrl);
       // The page's socket is open and the monitor has its subscription.
-      await c.waitFor<boolean>("window.monitorState.opened || window.monitorState.close", 10_000, "the page's socket");
-      const subscribed = await m.waitFor(
-        new RegExp(`client #\\d+ \\((\\S+)\\) subscribed to channel ${escapeRegExp(channel)}`),
-        10_000,
-      );
+      await c.waitFor<boolean>("window.monitorState.opened || window.monitorState.close", "the page's socket");
+      const subscribed = await m.waitFor(new RegExp(`client #\\d+ \\((\\S+)\\) subscribed to channel ${escapeRegExp(channel)}`));
       // The monitor sees nginx (loopback), on the path nginx forwards (/ws/ stripped).
       assert.match(subscribed, /\(127\.0\.0\.1\) subscribed/);
       assert.match(m.output(), /client #\d+ connected from 127\.0\.0\.1 \(\/\)/);
 
       for (const step of JOB) await broker.send(channel, ...(step.frames as [string, ...string[]]));
 
-      const state = await c.waitFor<PageState>(
-        "window.monitorState.close && window.monitorState",
-        10_000,
-        "the monitor to close the page's socket",
-      );
+      const state = await c.waitFor<PageState>("window.monitorState.close && window.monitorState", "the monitor to close the page's socket");
       t.diagnostic(`page received ${state.frames.length} frames, closed with ${state.close!.code}`);
 
       // Exactly those messages, in order, byte for byte; then a clean close with 1000.
@@ -171,15 +138,11 @@ test(
       assert.equal(state.url, `wss://127.0.0.1:${port}/ws/`);
 
       // nginx logged the upgrade on /ws/ (101) towards the monitor's port once the socket closed.
-      const access = await waitForFile(
-        n.accessLog,
-        new RegExp(`^127\\.0\\.0\\.1 "GET /ws/ HTTP/1\\.1" 101 upstream=127\\.0\\.0\\.1:${m.wsPort} upgrade=websocket$`, "m"),
-        5000,
-      );
-      assert.match(access, /"GET \/\?channel=\S+ HTTP\/1\.1" 200 /);
+      const upgraded = new RegExp(`^"GET /ws/ HTTP/1\\.1" 101 upstream=127\\.0\\.0\\.1:${m.wsPort} upgrade=websocket$`, "m");
+      await waitUntil(() => existsSync(n.accessLog) && upgraded.test(readFileSync(n.accessLog, "utf8")), "the upgrade in nginx's access log");
+      assert.match(readFileSync(n.accessLog, "utf8"), /"GET \/\?channel=\S+ HTTP\/1\.1" 200 /);
 
       // The page as rendered, for the record.
-      await delay(100);
       const png = await c.screenshot();
       assert.equal(png.subarray(1, 4).toString("latin1"), "PNG");
       const shot = join(dir, "reverse-proxy.png");

@@ -4,8 +4,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { freePort, tempDir } from "./helpers.ts";
-import { makeCert, monitor, runCli } from "./feature-helpers.ts";
+import { monitor, runCli, tempDir } from "./helpers/monitor-process.ts";
+import { CERT_A } from "./helpers/tls.ts";
+
+// tcpmux: a privileged port that no service here listens on, so a connection is refused.
+const NOBODY = 1;
 
 const STEP = /^ok {4}.+ \(\d+\.\d ms\)$/gm;
 
@@ -17,7 +20,7 @@ function assertPass(r: { code: number | string; stdout: string; stderr: string }
 
 test("check against a running monitor exits 0 and prints PASS with a timing for every step", async (t) => {
   const m = await monitor(t);
-  const r = await runCli(["check", "-c", m.configPath]);
+  const r = await runCli(["check", "-c", m.configWithPorts()]);
   assertPass(r);
   const steps = r.stdout.match(STEP) ?? [];
   for (const step of [
@@ -40,8 +43,8 @@ test("check against a running monitor exits 0 and prints PASS with a timing for 
 test("check against nothing listening exits 6 with a FAIL line, quickly", async () => {
   const dir = tempDir();
   const config = join(dir, "config.yml");
-  writeFileSync(config, `websocket_uri: ["127.0.0.1", ${await freePort()}]\nzeromq_uri: ["127.0.0.1", ${await freePort()}]\n`);
-  const r = await runCli(["check", "-c", config, "--timeout", "1"], 15_000);
+  writeFileSync(config, `websocket_uri: ["127.0.0.1", ${NOBODY}]\nzeromq_uri: ["127.0.0.1", ${NOBODY}]\n`);
+  const r = await runCli(["check", "-c", config, "--timeout", "1"]);
   assert.equal(r.code, 6, `exit ${r.code}\n${r.stdout}${r.stderr}`);
   assert.match(r.stdout, /^FAIL {2}WebSocket connection: /m);
   assert.doesNotMatch(r.stdout, /PASS/);
@@ -51,9 +54,8 @@ test("check against nothing listening exits 6 with a FAIL line, quickly", async 
 test("check fails with exit 6 within --timeout when the WebSocket port answers but no monitor is on the ZeroMQ port", async (t) => {
   const m = await monitor(t);
   const config = join(m.dir, "check.yml");
-  const nobody = await freePort();
-  writeFileSync(config, readFileSync(m.configPath, "utf8").replace(`"127.0.0.1", ${m.zmqPort}]`, `"127.0.0.1", ${nobody}]`));
-  const r = await runCli(["check", "-c", config, "--timeout", "1"], 15_000);
+  writeFileSync(config, readFileSync(m.configWithPorts(), "utf8").replace(`"127.0.0.1", ${m.zmqPort}]`, `"127.0.0.1", ${NOBODY}]`));
+  const r = await runCli(["check", "-c", config, "--timeout", "1"]);
   assert.equal(r.code, 6, `exit ${r.code}\n${r.stdout}${r.stderr}`);
   assert.match(r.stdout, /^ok {4}WebSocket connection/m);
   assert.match(r.stdout, /^FAIL {2}ZeroMQ connection.*: /m);
@@ -62,53 +64,49 @@ test("check fails with exit 6 within --timeout when the WebSocket port answers b
 
 test("with http.enabled, check also requires /readyz to answer 200", async (t) => {
   const m = await monitor(t, { extraYaml: "http:\n  enabled: true\n" });
-  const r = await runCli(["check", "-c", m.configPath]);
+  const r = await runCli(["check", "-c", m.configWithPorts()]);
   assertPass(r);
   assert.match(r.stdout, new RegExp(`^ok {4}GET http://127\\.0\\.0\\.1:${m.wsPort}/readyz \\(`, "m"));
 });
 
 test("with http.uri, check asks /readyz on that port", async (t) => {
-  const port = await freePort();
-  const m = await monitor(t, { extraYaml: `http:\n  enabled: true\n  uri: ["127.0.0.1", ${port}]\n` });
-  const r = await runCli(["check", "-c", m.configPath]);
+  const m = await monitor(t, { extraYaml: 'http:\n  enabled: true\n  uri: ["127.0.0.1", 0]\n' });
+  const r = await runCli(["check", "-c", m.configWithPorts()]);
   assertPass(r);
-  assert.match(r.stdout, new RegExp(`^ok {4}GET http://127\\.0\\.0\\.1:${port}/readyz `, "m"));
+  assert.match(r.stdout, new RegExp(`^ok {4}GET http://127\\.0\\.0\\.1:${m.httpPort}/readyz `, "m"));
 });
 
 test("check fails (exit 6) when /readyz does not answer 200, naming the HTTP status", async (t) => {
   const m = await monitor(t); // no HTTP endpoints: the WebSocket port answers 426
   const config = join(m.dir, "check.yml");
-  writeFileSync(config, readFileSync(m.configPath, "utf8") + "http:\n  enabled: true\n");
+  writeFileSync(config, readFileSync(m.configWithPorts(), "utf8") + "http:\n  enabled: true\n");
   const r = await runCli(["check", "-c", config, "--timeout", "2"]);
   assert.equal(r.code, 6, r.stdout);
   assert.match(r.stdout, /^FAIL {2}GET .*\/readyz: HTTP 426/m);
 });
 
 test("check works against a wss monitor with a self-signed certificate", async (t) => {
-  const dir = tempDir();
-  const c = makeCert(dir, "c");
-  const m = await monitor(t, { extraYaml: `websocket:\n  tls_cert: ${JSON.stringify(c.cert)}\n  tls_key: ${JSON.stringify(c.key)}\n` });
-  const r = await runCli(["check", "-c", m.configPath]);
+  const m = await monitor(t, { extraYaml: `websocket:\n  tls_cert: ${JSON.stringify(CERT_A.cert)}\n  tls_key: ${JSON.stringify(CERT_A.key)}\n` });
+  const r = await runCli(["check", "-c", m.configWithPorts()]);
   assertPass(r);
   assert.match(r.stdout, new RegExp(`WebSocket wss://127\\.0\\.0\\.1:${m.wsPort}/`));
 });
 
 test("check with wss and http.enabled checks /readyz over https even with a self-signed certificate", async (t) => {
-  const dir = tempDir();
-  const c = makeCert(dir, "c");
   const m = await monitor(t, {
-    extraYaml: `websocket:\n  tls_cert: ${JSON.stringify(c.cert)}\n  tls_key: ${JSON.stringify(c.key)}\nhttp:\n  enabled: true\n`,
+    extraYaml: `websocket:\n  tls_cert: ${JSON.stringify(CERT_A.cert)}\n  tls_key: ${JSON.stringify(CERT_A.key)}\nhttp:\n  enabled: true\n`,
   });
   const env = { ...process.env };
   delete env.NODE_EXTRA_CA_CERTS;
-  const r = await runCli(["check", "-c", m.configPath], 20_000, env);
+  const r = await runCli(["check", "-c", m.configWithPorts()], { env });
   assertPass(r);
   assert.match(r.stdout, new RegExp(`^ok {4}GET https://127\\.0\\.0\\.1:${m.wsPort}/readyz `, "m"));
 });
 
 test("check passes against a monitor that allows one connection per address", async (t) => {
   const m = await monitor(t, { extraYaml: "access:\n  max_connections_per_ip: 1\n" });
-  for (let i = 0; i < 3; i++) assertPass(await runCli(["check", "-c", m.configPath]));
+  const config = m.configWithPorts();
+  for (let i = 0; i < 3; i++) assertPass(await runCli(["check", "-c", config]));
 });
 
 for (const bad of ["abc", "0", "-1", "", "Infinity"]) {
@@ -133,7 +131,7 @@ test("check with a config file that does not exist exits 3", async () => {
 
 test("a very large --timeout (3000000 s) is either refused as a usage error or works; it never fails every step at once", async (t) => {
   const m = await monitor(t);
-  const r = await runCli(["check", "-c", m.configPath, "--timeout", "3000000"]);
+  const r = await runCli(["check", "-c", m.configWithPorts(), "--timeout", "3000000"]);
   if (r.code === 2) {
     assert.match(r.stderr, /--timeout/);
     return;

@@ -4,19 +4,19 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { encodeMessage } from "../src/frames.ts";
 import { jobMessages } from "../src/send.ts";
-import { Browser, freePort, startMonitor, writeConfig } from "./helpers.ts";
-import { metric, metrics, monitor, runCli, waitUntil } from "./feature-helpers.ts";
-import { startCli } from "./ops-helpers.ts";
+import { NOBODY, startCli, startWatch } from "./helpers/cli.ts";
+import { metric } from "./helpers/http.ts";
+import { monitor, runCli, writeConfig } from "./helpers/monitor-process.ts";
+import { relay } from "./helpers/relay.ts";
+import { waitUntil } from "./helpers/wait.ts";
 
 test("send CHANNEL COMMAND reaches a subscribed browser; a TASK takes its id and state", async (t) => {
-  const m = await monitor(t);
-  const b = await Browser.open(m.wsPort, "student_s1");
-  t.after(() => b.close());
-  await m.waitFor(/subscribed to channel student_s1/);
-  const one = await runCli(["send", "student_s1", "DOWNLOADED", "-c", m.configPath]);
+  const r = await relay(t);
+  const b = await r.subscribe("student_s1");
+  const one = await runCli(["send", "student_s1", "DOWNLOADED", "-c", r.monitor.configWithPorts()]);
   assert.equal(one.code, 0, one.stderr);
   assert.equal(one.stdout, `sent {"command": "DOWNLOADED"}\n`);
-  const task = await runCli(["send", "student_s1", "TASK", "úkol-1", "COMPLETED", "--zmq", `tcp://127.0.0.1:${m.zmqPort}`]);
+  const task = await runCli(["send", "student_s1", "TASK", "úkol-1", "COMPLETED", "--zmq", `tcp://127.0.0.1:${r.monitor.zmqPort}`]);
   assert.equal(task.code, 0, task.stderr);
   const json = `{"command": "TASK", "task_id": "\\u00fakol-1", "task_state": "COMPLETED"}`;
   assert.equal(task.stdout, `sent ${json}\n`);
@@ -24,12 +24,10 @@ test("send CHANNEL COMMAND reaches a subscribed browser; a TASK takes its id and
 });
 
 test("send --job plays a whole job; the browser gets it in order and is closed with 1000", async (t) => {
-  const m = await monitor(t);
-  const b = await Browser.open(m.wsPort, "student_s2");
-  t.after(() => b.close());
-  await m.waitFor(/subscribed to channel student_s2/);
-  const r = await runCli(["send", "student_s2", "--job", "--tasks", "3", "-c", m.configPath]);
-  assert.equal(r.code, 0, r.stderr);
+  const r = await relay(t);
+  const b = await r.subscribe("student_s2");
+  const sent = await runCli(["send", "student_s2", "--job", "--tasks", "3", "-c", r.monitor.configWithPorts()]);
+  assert.equal(sent.code, 0, sent.stderr);
   const expected = [
     `{"command": "DOWNLOADED"}`,
     `{"command": "STARTED"}`,
@@ -40,7 +38,7 @@ test("send --job plays a whole job; the browser gets it in order and is closed w
     `{"command": "UPLOADED"}`,
     `{"command": "FINISHED"}`,
   ];
-  assert.deepEqual(r.stdout.trimEnd().split("\n"), expected.map((j) => `sent ${j}`));
+  assert.deepEqual(sent.stdout.trimEnd().split("\n"), expected.map((j) => `sent ${j}`));
   assert.equal((await b.waitClose()).code, 1000);
   assert.deepEqual(b.messages, expected);
   assert.deepEqual(jobMessages(3).map((s) => encodeMessage(s)), expected);
@@ -48,10 +46,10 @@ test("send --job plays a whole job; the browser gets it in order and is closed w
 
 test("send --job --interval spaces the messages out: a watcher sees them come one by one", async (t) => {
   const m = await monitor(t);
-  const w = startCli(t, ["watch", "student_s3", "-c", m.configPath, "-t"]);
-  await w.waitFor(/watching channel/);
-  const r = await runCli(["send", "student_s3", "--job", "--tasks", "1", "--interval", "0.1", "-c", m.configPath]);
-  assert.equal(r.code, 0, r.stderr);
+  const config = m.configWithPorts();
+  const w = await startWatch(t, m, "student_s3", ["-c", config, "-t"]);
+  const sent = await runCli(["send", "student_s3", "--job", "--tasks", "1", "--interval", "0.1", "-c", config]);
+  assert.equal(sent.code, 0, sent.stderr);
   assert.equal(await w.exited, 0, w.stderr());
   const times = w.stdout().trimEnd().split("\n").map((l) => Date.parse(l.slice(0, 24)));
   assert.equal(times.length, 6);
@@ -59,30 +57,28 @@ test("send --job --interval spaces the messages out: a watcher sees them come on
   assert.ok(times[5] - times[0] >= 500, `${times[5] - times[0]} ms from first to last`);
 });
 
-test("send started before the monitor waits for it and delivers; nothing is dropped", async (t) => {
-  const zmqPort = await freePort();
-  const config = writeConfig(`zeromq_uri: ["127.0.0.1", ${zmqPort}]\n`);
-  const s = startCli(t, ["send", "student_s4", "--job", "-c", config, "--timeout", "20"]);
-  const m = await startMonitor({ zmqPort, extraYaml: "http:\n  enabled: true\n" });
-  t.after(() => m.stop("SIGKILL"));
+test("send started while the monitor is down waits for it to come back and delivers; nothing is dropped", async (t) => {
+  const gone = await monitor(t);
+  const zmqPort = gone.zmqPort;
+  await gone.stop("SIGTERM");
+  const s = startCli(t, ["send", "student_s4", "--job", "--zmq", `tcp://127.0.0.1:${zmqPort}`, "--timeout", "20"]);
+  const r = await relay(t, { zmqPort, extraYaml: "http:\n  enabled: true\n" });
   assert.equal(await s.exited, 0, s.stderr());
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_messages_in_total") === 9, "the job's 9 messages in");
-  const late = await Browser.open(m.wsPort, "student_s4");
+  await waitUntil(async () => (await metric(r.monitor.wsPort, "recodex_monitor_messages_in_total")) === 9, "the job's 9 messages in");
+  const late = await r.subscribe("student_s4");
   await late.waitClose();
   assert.deepEqual(late.messages, jobMessages(4).map((step) => encodeMessage(step)));
 });
 
 test("send to nothing listening: exit 8 within --timeout, naming the address", async () => {
-  const port = await freePort();
-  const t0 = Date.now();
-  const r = await runCli(["send", "student_s5", "STARTED", "--zmq", `tcp://127.0.0.1:${port}`, "--timeout", "0.5"]);
+  const r = await runCli(["send", "student_s5", "STARTED", "--zmq", `tcp://127.0.0.1:${NOBODY}`, "--timeout", "0.5"]);
   assert.equal(r.code, 8, r.stderr);
   assert.match(
     r.stderr,
-    new RegExp(`cannot reach the monitor's ZeroMQ socket at tcp://127\\.0\\.0\\.1:${port}: no ZeroMQ peer with routing id recodex-monitor answered .* within 0\\.5 s .*\\[RMON_ERR_UNREACHABLE\\]`),
+    new RegExp(`cannot reach the monitor's ZeroMQ socket at tcp://127\\.0\\.0\\.1:${NOBODY}: no ZeroMQ peer with routing id recodex-monitor answered .* within 0\\.5 s .*\\[RMON_ERR_UNREACHABLE\\]`),
   );
   assert.equal(r.stdout, "");
-  assert.ok(Date.now() - t0 < 8000);
+  assert.ok(r.ms < 8000, `took ${r.ms} ms`);
 });
 
 test("send's command line: a TASK needs both id and state; --job takes no COMMAND; the channel must be one the monitor takes", async () => {
@@ -113,7 +109,7 @@ test("send's command line: a TASK needs both id and state; --job takes no COMMAN
 
 test("a monitor that goes away in the middle of a job: exit 8, saying how many messages went out", async (t) => {
   const m = await monitor(t);
-  const s = startCli(t, ["send", "student_s6", "--job", "--interval", "1", "--timeout", "1", "-c", m.configPath]);
+  const s = startCli(t, ["send", "student_s6", "--job", "--interval", "1", "--timeout", "1", "-c", m.configWithPorts()]);
   await s.waitFor(/sent \{"command": "DOWNLOADED"\}\n/);
   await m.stop("SIGKILL");
   assert.equal(await s.exited, 8, s.stderr());

@@ -5,20 +5,30 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { writeFileSync } from "node:fs";
-import { Broker, Browser, freePort, httpGet, parseMetrics, tempDir, writeConfig, type MonitorProcess } from "./helpers.ts";
-import { editConfig, makeCert, metric, metrics, monitor, reload, runCli, waitUntil } from "./feature-helpers.ts";
-import { SEQUENCES, type Step } from "./ops-helpers.ts";
+import { NOBODY } from "./helpers/cli.ts";
+import { httpGet, metric, metrics } from "./helpers/http.ts";
+import { SEQUENCES, sendJob, type Step } from "./helpers/jobs.ts";
+import { monitor, runCli, writeConfig, type MonitorProcess } from "./helpers/monitor-process.ts";
+import { relay } from "./helpers/relay.ts";
+import { CERT_A } from "./helpers/tls.ts";
+import { waitUntil } from "./helpers/wait.ts";
 
 const HTTP = "http:\n  enabled: true\n";
 
-async function sendAll(broker: Broker, channel: string, steps: readonly Step[]): Promise<void> {
-  for (const step of steps) await broker.send(channel, ...(step as [string, ...string[]]));
+/** `status -c CONFIG ARGS` with the config naming the ports the monitor bound. */
+function status(m: MonitorProcess, ...args: string[]) {
+  return runCli(["status", "-c", m.configWithPorts(), ...args]);
 }
 
 async function statusJson(m: MonitorProcess, ...args: string[]) {
-  const r = await runCli(["status", "-c", m.configPath, "--json", ...args]);
+  const r = await status(m, "--json", ...args);
   assert.equal(r.code, 0, r.stderr);
   return JSON.parse(r.stdout);
+}
+
+/** Resolves once the monitor has counted `n` messages from the broker. */
+function messagesIn(m: MonitorProcess, n: number): Promise<void> {
+  return waitUntil(async () => (await metric(m.wsPort, "recodex_monitor_messages_in_total")) === n, `${n} messages in`);
 }
 
 interface Figures {
@@ -34,7 +44,7 @@ interface Figures {
 /** Checks every job figure on /metrics and in `status --json` against `want`. */
 async function assertFigures(m: MonitorProcess, want: Figures, elapsedSeconds: number): Promise<void> {
   const got = await metrics(m.wsPort);
-  const value = (name: string) => metric(got, name);
+  const value = (name: string) => got.value(name);
   assert.equal(value("recodex_monitor_jobs_in_progress"), want.inProgress, "jobs_in_progress");
   assert.equal(value("recodex_monitor_jobs_failed_or_aborted"), want.failedOrAborted, "jobs_failed_or_aborted");
   assert.equal(value("recodex_monitor_jobs_reassigned_total"), want.reassigned, "jobs_reassigned_total");
@@ -66,9 +76,7 @@ async function assertFigures(m: MonitorProcess, want: Figures, elapsedSeconds: n
 test("job figures through a whole day's kinds of jobs: running, then expired, then evicted", async (t) => {
   const started = Date.now();
   const elapsed = () => (Date.now() - started) / 1000;
-  const m = await monitor(t, { extraYaml: HTTP });
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
+  const { monitor: m, broker } = await relay(t, { extraYaml: HTTP });
   const jobs: [string, readonly Step[]][] = [
     ["student_whole", SEQUENCES.whole],
     ["student_build_failure", SEQUENCES.buildFailure],
@@ -77,9 +85,9 @@ test("job figures through a whole day's kinds of jobs: running, then expired, th
     ["student_stalled", SEQUENCES.stalled],
     ["reference_broker_aborted", SEQUENCES.brokerAborted],
   ];
-  for (const [channel, steps] of jobs) await sendAll(broker, channel, steps);
+  for (const [channel, steps] of jobs) await sendJob(broker, channel, steps);
   const total = jobs.reduce((n, [, steps]) => n + steps.length, 0);
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_messages_in_total") === total, `${total} messages in`);
+  await messagesIn(m, total);
 
   const none = { finished: 0, failed: 0, aborted: 0, expired: 0, evicted: 0 };
   // whole, build failure and reassigned finished; stalled runs; the broker's FAILED and
@@ -99,24 +107,24 @@ test("job figures through a whole day's kinds of jobs: running, then expired, th
   assert.equal(s.messages.in, total);
 
   // idle_ttl down to half a second: the three unfinished channels expire.
-  editConfig(m, (text) => text + "retention:\n  idle_ttl: 0.5\n");
-  assert.match(await reload(m), /retention\.idle_ttl: 3600 -> 0\.5/);
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_channels_expired_total") === 3, "3 channels expired");
+  m.editConfig((text) => text + "retention:\n  idle_ttl: 0.5\n");
+  assert.match(await m.reload(), /retention\.idle_ttl: 3600 -> 0\.5/);
+  await waitUntil(async () => (await metric(m.wsPort, "recodex_monitor_channels_expired_total")) === 3, "3 channels expired");
   const expired: Figures = { ...running, inProgress: 0, failedOrAborted: 0, ended: { ...none, finished: 3, failed: 1, aborted: 1, expired: 1 } };
   await assertFigures(m, expired, elapsed());
 
   // max_channels down to 2 (and idle_ttl back up): the finished channels are evicted first,
   // then the least recently active unfinished ones, each counted by its last message.
-  editConfig(m, (text) => text.replace("idle_ttl: 0.5", "idle_ttl: 3600\n  max_channels: 2"));
-  await reload(m);
-  await sendAll(broker, "student_b1", [["DOWNLOADED"]]);
-  await sendAll(broker, "student_b2", [["ABORTED"]]);
-  await sendAll(broker, "student_b3", [["DOWNLOADED"]]);
-  await sendAll(broker, "student_b4", [["DOWNLOADED"], ["STARTED"]]);
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_messages_in_total") === total + 5, "5 more messages in");
+  m.editConfig((text) => text.replace("idle_ttl: 0.5", "idle_ttl: 3600\n  max_channels: 2"));
+  await m.reload();
+  await sendJob(broker, "student_b1", [["DOWNLOADED"]]);
+  await sendJob(broker, "student_b2", [["ABORTED"]]);
+  await sendJob(broker, "student_b3", [["DOWNLOADED"]]);
+  await sendJob(broker, "student_b4", [["DOWNLOADED"], ["STARTED"]]);
+  await messagesIn(m, total + 5);
   const got = await metrics(m.wsPort);
-  assert.equal(metric(got, "recodex_monitor_channels_evicted_total"), 5, "3 finished channels, then b1 and b2");
-  assert.equal(metric(got, "recodex_monitor_channels"), 2);
+  assert.equal(got.value("recodex_monitor_channels_evicted_total"), 5, "3 finished channels, then b1 and b2");
+  assert.equal(got.value("recodex_monitor_channels"), 2);
   await assertFigures(
     m,
     { ...expired, inProgress: 2, starts: 6, ended: { ...none, finished: 3, failed: 1, aborted: 2, expired: 1, evicted: 1 } },
@@ -131,13 +139,11 @@ test("job figures through a whole day's kinds of jobs: running, then expired, th
 });
 
 test("status for a person: one line per concern, no channel id unless asked", async (t) => {
-  const m = await monitor(t, { extraYaml: HTTP });
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
-  await sendAll(broker, "student_secret_1", SEQUENCES.whole);
-  await sendAll(broker, "student_secret_2", SEQUENCES.stalled);
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_messages_in_total") === 11, "11 messages in");
-  const r = await runCli(["status", "-c", m.configPath]);
+  const { monitor: m, broker } = await relay(t, { extraYaml: HTTP });
+  await sendJob(broker, "student_secret_1", SEQUENCES.whole);
+  await sendJob(broker, "student_secret_2", SEQUENCES.stalled);
+  await messagesIn(m, 11);
+  const r = await status(m);
   assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.trimEnd().split("\n");
   assert.match(lines[0], new RegExp(`^recodex-monitor \\d+\\.\\d+\\.\\d+ at http://127\\.0\\.0\\.1:${m.wsPort}/: ready, up \\d+ s$`));
@@ -153,17 +159,15 @@ test("status for a person: one line per concern, no channel id unless asked", as
   assert.equal(rows.tasks, "completed 2, failed 1, skipped 1, other 0");
   assert.match(rows.evaluation, /^1 finished job, mean \d+\.\d+ s$/);
   assert.match(rows["DOWNLOADED->STARTED"], /^2 runs, mean \d+\.\d+ s$/);
-  const json = await runCli(["status", "-c", m.configPath, "--json"]);
+  const json = await status(m, "--json");
   for (const text of [r.stdout, json.stdout]) assert.doesNotMatch(text, /student_secret/);
 });
 
 test("status --channel ID: that channel's messages, subscribers and last message; an unknown id is exit 10", async (t) => {
-  const m = await monitor(t, { extraYaml: HTTP });
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
-  await sendAll(broker, "student_c1", SEQUENCES.stalled);
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_messages_in_total") === 3, "3 messages in");
-  const r = await runCli(["status", "-c", m.configPath, "--channel", "student_c1"]);
+  const { monitor: m, broker } = await relay(t, { extraYaml: HTTP });
+  await sendJob(broker, "student_c1", SEQUENCES.stalled);
+  await messagesIn(m, 3);
+  const r = await status(m, "--channel", "student_c1");
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^channel student_c1\nmessages {12}3 \(3 kept for replay\)\nfinished {12}no\nsubscribers {9}0\nlast message {8}\d+\.\d+ s ago: \{"command":"TASK","task_id":"compilation","task_state":"COMPLETED"\}\n$/);
   const json = await statusJson(m, "--channel", "student_c1");
@@ -176,29 +180,27 @@ test("status --channel ID: that channel's messages, subscribers and last message
     idle_seconds: 0,
     last: { command: "TASK", task_id: "compilation", task_state: "COMPLETED" },
   });
-  const unknown = await runCli(["status", "-c", m.configPath, "--channel", "student_typo"]);
+  const unknown = await status(m, "--channel", "student_typo");
   assert.equal(unknown.code, 10);
   assert.match(unknown.stderr, /the monitor keeps no channel student_typo \(no message for it yet, or already dropped\) \[RMON_ERR_NO_CHANNEL\]/);
 });
 
 test("status --channels is refused (exit 9, naming http.list_channels) until the key is on; then lists the most recent first", async (t) => {
-  const m = await monitor(t, { extraYaml: HTTP });
-  const broker = await Broker.connect(m.zmqPort);
-  t.after(() => broker.close());
-  const off = await runCli(["status", "-c", m.configPath, "--channels"]);
+  const { monitor: m, broker } = await relay(t, { extraYaml: HTTP });
+  const off = await status(m, "--channels");
   assert.equal(off.code, 9);
   assert.match(off.stderr, /listing channel ids is off: set http\.list_channels: true in the monitor's config file and reload it .*\[RMON_ERR_SWITCHED_OFF\]/);
   assert.equal((await httpGet(m.wsPort, "/status?channels=5")).status, 403);
 
-  editConfig(m, (text) => text.replace(HTTP, HTTP + "  list_channels: true\n"));
-  assert.match(await reload(m), /http\.list_channels: false -> true/);
-  await sendAll(broker, "student_l1", SEQUENCES.whole);
-  await sendAll(broker, "student_l2", SEQUENCES.stalled);
-  await waitUntil(async () => metric(await metrics(m.wsPort), "recodex_monitor_messages_in_total") === 11, "11 messages in");
+  m.editConfig((text) => text.replace(HTTP, HTTP + "  list_channels: true\n"));
+  assert.match(await m.reload(), /http\.list_channels: false -> true/);
+  await sendJob(broker, "student_l1", SEQUENCES.whole);
+  await sendJob(broker, "student_l2", SEQUENCES.stalled);
+  await messagesIn(m, 11);
   const all = await statusJson(m, "--channels");
   assert.deepEqual(all.channels.map((c: { id: string }) => c.id), ["student_l2", "student_l1"]);
   assert.deepEqual(all.channels.map((c: { messages: number; finished: boolean }) => [c.messages, c.finished]), [[3, false], [8, true]]);
-  const one = await runCli(["status", "-c", m.configPath, "--channels", "--limit", "1"]);
+  const one = await status(m, "--channels", "--limit", "1");
   assert.equal(one.code, 0, one.stderr);
   assert.match(one.stdout, /\nchannels \(1 most recently active\):\n {2}student_l2 {2}3 messages, 0 subscribed, idle \d+\.\d+ s, last \{"command":"TASK",/);
   assert.doesNotMatch(one.stdout, /student_l1/);
@@ -219,40 +221,31 @@ test("status with the HTTP endpoints off: exit 9 naming http.enabled, from the c
 });
 
 test("status with nothing listening is exit 8; it finds a separate http.uri, and https on a TLS WebSocket port", async (t) => {
-  const nobody = await freePort();
-  const none = await runCli(["status", "-c", writeConfig(`websocket_uri: ["127.0.0.1", ${nobody}]\n${HTTP}`)]);
+  const none = await runCli(["status", "-c", writeConfig(`websocket_uri: ["127.0.0.1", ${NOBODY}]\n${HTTP}`)]);
   assert.equal(none.code, 8);
-  assert.match(none.stderr, new RegExp(`cannot reach the monitor's HTTP endpoint at http://127\\.0\\.0\\.1:${nobody}/status: .*ECONNREFUSED.*\\[RMON_ERR_UNREACHABLE\\]`));
+  assert.match(none.stderr, new RegExp(`cannot reach the monitor's HTTP endpoint at http://127\\.0\\.0\\.1:${NOBODY}/status: .*ECONNREFUSED.*\\[RMON_ERR_UNREACHABLE\\]`));
 
-  const port = await freePort();
-  const separate = await monitor(t, { extraYaml: `http:\n  enabled: true\n  uri: ["127.0.0.1", ${port}]\n` });
-  const r = await runCli(["status", "-c", separate.configPath]);
+  const separate = await monitor(t, { extraYaml: 'http:\n  enabled: true\n  uri: ["127.0.0.1", 0]\n' });
+  const r = await status(separate);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, new RegExp(`^recodex-monitor \\S+ at http://127\\.0\\.0\\.1:${port}/: ready`));
-  const viaUrl = await runCli(["status", "--url", `http://127.0.0.1:${port}`, "--json"]);
+  assert.match(r.stdout, new RegExp(`^recodex-monitor \\S+ at http://127\\.0\\.0\\.1:${separate.httpPort}/: ready`));
+  const viaUrl = await runCli(["status", "--url", `http://127.0.0.1:${separate.httpPort}`, "--json"]);
   assert.equal(JSON.parse(viaUrl.stdout).state, "ready");
 
-  const { cert, key } = makeCert(tempDir(), "status");
-  const tls = await monitor(t, { extraYaml: `${HTTP}websocket:\n  tls_cert: ${cert}\n  tls_key: ${key}\n` });
-  const secure = await runCli(["status", "-c", tls.configPath]);
+  const tls = await monitor(t, { extraYaml: `${HTTP}websocket:\n  tls_cert: ${CERT_A.cert}\n  tls_key: ${CERT_A.key}\n` });
+  const secure = await status(tls);
   assert.equal(secure.code, 0, secure.stderr);
   assert.match(secure.stdout, new RegExp(`^recodex-monitor \\S+ at https://127\\.0\\.0\\.1:${tls.wsPort}/: ready`));
 });
 
 test("status and /metrics count connections and, of those, subscribers", async (t) => {
-  const m = await monitor(t, { extraYaml: HTTP });
-  const a = await Browser.open(m.wsPort, "student_d1");
-  const b = await Browser.open(m.wsPort);
-  t.after(() => {
-    a.close();
-    b.close();
-  });
-  await m.waitFor(/subscribed to channel student_d1/);
-  const s = await statusJson(m);
+  const r = await relay(t, { extraYaml: HTTP });
+  await r.subscribe("student_d1");
+  await r.connect();
+  const s = await statusJson(r.monitor);
   assert.equal(s.connections, 2);
   assert.equal(s.subscribers, 1);
-  const got = parseMetrics((await httpGet(m.wsPort, "/metrics")).body);
-  assert.equal(got.get("recodex_monitor_subscribers"), 1);
+  assert.equal(await metric(r.monitor.wsPort, "recodex_monitor_subscribers"), 1);
 });
 
 test("status's command line: --help and its usage errors", async () => {

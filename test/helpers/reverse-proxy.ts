@@ -1,22 +1,24 @@
-// Tools for test/reverse-proxy.test.ts: a self-signed certificate, nginx as a child process
-// serving the packaged snippet, and headless Chromium driven over the DevTools protocol.
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+// Tools for test/reverse-proxy.test.ts: nginx as a child process serving the packaged
+// snippet behind a loopback port of the test's own, and headless Chromium driven over the
+// DevTools protocol.
+import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
+import { connect, createServer, type Server } from "node:net";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import { WebSocket } from "ws";
-import { delay } from "./helpers.ts";
+import { killGroup, killOnExit } from "./monitor-process.ts";
+import { waitUntil } from "./wait.ts";
 
 export const NGINX = "/usr/sbin/nginx";
 export const CHROMIUM = "/usr/bin/chromium";
-export const OPENSSL = "/usr/bin/openssl";
 
 /** Why the reverse-proxy test cannot run here, or null when it can. */
 export function missingTools(): string | null {
-  const missing = [NGINX, CHROMIUM, OPENSSL].filter((p) => !existsSync(p));
+  const missing = [NGINX, CHROMIUM].filter((p) => !existsSync(p));
   if (missing.length === 0) return null;
-  return `needs ${missing.join(", ")} (Debian: apt-get install -y nginx-light chromium openssl)`;
+  return `needs ${missing.join(", ")} (Debian: apt-get install -y nginx-light chromium)`;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -81,31 +83,10 @@ export function splitNginxSnippet(text: string): NginxSnippet {
 }
 
 // ---------------------------------------------------------------------------------------
-// Certificate
-
-/** A self-signed certificate for 127.0.0.1 / localhost, valid for a day. */
-export function makeCertificate(dir: string): { cert: string; key: string } {
-  const cert = join(dir, "cert.pem");
-  const key = join(dir, "key.pem");
-  const r = spawnSync(
-    OPENSSL,
-    [
-      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-      "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-      "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-    ],
-    { encoding: "utf8", timeout: 15_000 },
-  );
-  if (r.status !== 0) throw new Error(`openssl failed (${r.status ?? r.signal}): ${r.stderr}`);
-  return { cert, key };
-}
-
-// ---------------------------------------------------------------------------------------
 // nginx
 
 export interface NginxOptions {
   dir: string;
-  port: number;
   cert: string;
   key: string;
   /** Directory served at / (static files). */
@@ -116,6 +97,8 @@ export interface NginxOptions {
 
 export interface NginxProcess {
   child: ChildProcess;
+  /** The loopback port browsers connect to. */
+  port: number;
   configPath: string;
   accessLog: string;
   errorLog: string;
@@ -123,13 +106,18 @@ export interface NginxProcess {
   stop(): Promise<void>;
 }
 
-/** Writes a self-contained nginx.conf (everything under `dir`) and runs nginx in the foreground. */
+/**
+ * Writes a self-contained nginx.conf (everything under `dir`) and runs nginx in the
+ * foreground. nginx cannot listen on port 0, so it listens on a unix socket and the test
+ * holds the TCP port: a listener on port 0 that hands every connection to that socket.
+ */
 export async function startNginx(o: NginxOptions): Promise<NginxProcess> {
   const tmp = join(o.dir, "nginx-tmp");
   mkdirSync(tmp, { recursive: true });
   const accessLog = join(o.dir, "access.log");
   const errorLog = join(o.dir, "error.log");
   const configPath = join(o.dir, "nginx.conf");
+  const socketPath = join(o.dir, "nginx.sock");
   // Only a master running as root switches users; run the workers as the same user then.
   const user = process.getuid?.() === 0 ? `user ${userInfo().username};\n` : "";
   const indent = (s: string, pad: string) => s.replace(/^/gm, pad);
@@ -142,7 +130,7 @@ pid ${join(o.dir, "nginx.pid")};
 error_log ${errorLog} info;
 events { worker_connections 64; }
 http {
-    log_format rmon '$remote_addr "$request" $status upstream=$upstream_addr upgrade=$http_upgrade';
+    log_format rmon '"$request" $status upstream=$upstream_addr upgrade=$http_upgrade';
     access_log ${accessLog} rmon;
     client_body_temp_path ${join(tmp, "body")};
     proxy_temp_path ${join(tmp, "proxy")};
@@ -157,7 +145,7 @@ http {
 ${indent(o.snippet.http.join("\n"), "    ")}
 
     server {
-        listen 127.0.0.1:${o.port} ssl;
+        listen unix:${socketPath} ssl;
         server_name localhost;
         ssl_certificate ${o.cert};
         ssl_certificate_key ${o.key};
@@ -170,6 +158,8 @@ ${indent(o.snippet.server.join("\n"), "        ")}
 }
 `,
   );
+  const front = await frontDoor(socketPath);
+  const port = (front.address() as { port: number }).port;
   const child = spawn(NGINX, ["-p", o.dir, "-e", errorLog, "-c", configPath], {
     stdio: ["ignore", "pipe", "pipe"],
     detached: true, // its own process group, so stop() can reach the workers too
@@ -185,28 +175,40 @@ ${indent(o.snippet.server.join("\n"), "        ")}
   const errors = () => `${out}${existsSync(errorLog) ? readFileSync(errorLog, "utf8") : ""}`;
   const proc: NginxProcess = {
     child,
+    port,
     configPath,
     accessLog,
     errorLog,
     output: errors,
     async stop() {
+      front.close();
       await stopGroup(child, exited, "SIGQUIT");
     },
   };
-  // Ready once it serves the page over TLS.
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`nginx exited (${child.exitCode ?? child.signalCode}):\n${errors()}`);
-    }
-    const status = await httpsStatus(o.port, "/").catch(() => 0);
-    if (status === 200) return proc;
-    if (Date.now() > deadline) {
-      await proc.stop();
-      throw new Error(`nginx did not serve / within 10 s (last status ${status}):\n${errors()}`);
-    }
-    await delay(50);
+  try {
+    await waitUntil(async () => {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`nginx exited (${child.exitCode ?? child.signalCode}):\n${errors()}`);
+      return (await httpsStatus(port, "/").catch(() => 0)) === 200;
+    }, () => `nginx to serve / over TLS:\n${errors()}`);
+  } catch (err) {
+    await proc.stop();
+    throw err;
   }
+  return proc;
+}
+
+/** A listener on a free loopback port that connects each client through to `socketPath`. */
+function frontDoor(socketPath: string): Promise<Server> {
+  const server = createServer((client) => {
+    const upstream = connect(socketPath);
+    client.on("error", () => upstream.destroy());
+    upstream.on("error", () => client.destroy());
+    client.pipe(upstream).pipe(client);
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve(server));
+  });
 }
 
 function httpsStatus(port: number, path: string): Promise<number> {
@@ -232,7 +234,7 @@ async function stopGroup(child: ChildProcess, exited: Promise<void>, signal: Nod
     try {
       process.kill(pid, signal);
     } catch {
-      /* already gone */
+      // Already gone.
     }
     const timer = setTimeout(() => killGroup(pid, "SIGKILL"), 5000);
     await exited;
@@ -240,35 +242,6 @@ async function stopGroup(child: ChildProcess, exited: Promise<void>, signal: Nod
   }
   // Anything of the group still left (workers, renderer processes) goes now.
   killGroup(pid, "SIGKILL");
-}
-
-// Children still alive when this process exits (a test timeout, an uncaught error) are
-// killed synchronously, so nothing outlives the test run.
-const live = new Map<ChildProcess, boolean>();
-let exitHook = false;
-
-/** Kills `child` (its process group when `group`) with SIGKILL if it is still running at exit. */
-export function killOnExit(child: ChildProcess, group = false): void {
-  if (child.pid === undefined) return;
-  live.set(child, group);
-  child.once("exit", () => live.delete(child));
-  if (!exitHook) {
-    exitHook = true;
-    process.on("exit", () => {
-      for (const [c, g] of live) {
-        if (g) killGroup(c.pid!, "SIGKILL");
-        else if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-      }
-    });
-  }
-}
-
-function killGroup(pgid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pgid, signal);
-  } catch {
-    /* no such group: everything has ended */
-  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -340,19 +313,18 @@ export class Chromium {
     const browser = new Chromium(child);
     try {
       const portFile = join(profileDir, "DevToolsActivePort");
-      const deadline = Date.now() + 20_000;
       let lines: string[] = [];
-      for (;;) {
-        if (child.exitCode !== null || child.signalCode !== null) {
-          throw new Error(`chromium exited (${child.exitCode ?? child.signalCode}):\n${browser.stderr}`);
-        }
-        if (existsSync(portFile)) {
-          lines = readFileSync(portFile, "utf8").split("\n");
-          if (lines.length >= 2 && /^\d+$/.test(lines[0]) && lines[1].startsWith("/devtools/")) break;
-        }
-        if (Date.now() > deadline) throw new Error(`chromium wrote no DevToolsActivePort within 20 s:\n${browser.stderr}`);
-        await delay(50);
-      }
+      await waitUntil(
+        () => {
+          if (child.exitCode !== null || child.signalCode !== null) {
+            throw new Error(`chromium exited (${child.exitCode ?? child.signalCode}):\n${browser.stderr}`);
+          }
+          lines = existsSync(portFile) ? readFileSync(portFile, "utf8").split("\n") : [];
+          return lines.length >= 2 && /^\d+$/.test(lines[0]) && lines[1].startsWith("/devtools/");
+        },
+        () => `chromium's DevToolsActivePort:\n${browser.stderr}`,
+        20_000,
+      );
       await browser.connect(`ws://127.0.0.1:${lines[0]}${lines[1].trim()}`);
       const { targetInfos } = (await browser.send("Target.getTargets")) as {
         targetInfos: { targetId: string; type: string }[];
@@ -472,14 +444,10 @@ export class Chromium {
   }
 
   /** Polls `expression` in the page until it is truthy; returns its value. */
-  async waitFor<T>(expression: string, timeoutMs = 10_000, what = expression): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const v = await this.evaluate<T>(expression);
-      if (v) return v;
-      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-      await delay(25);
-    }
+  async waitFor<T>(expression: string, what = expression): Promise<T> {
+    let value: T | undefined;
+    await waitUntil(async () => Boolean((value = await this.evaluate<T>(expression))), what);
+    return value!;
   }
 
   async screenshot(): Promise<Buffer> {
