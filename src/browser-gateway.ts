@@ -138,6 +138,13 @@ export class BrowserGateway {
     return this.queue.bufferedBytes;
   }
 
+  /** Open connections subscribed to a channel (read per scrape and status request, not kept on the hot path). */
+  get subscribers(): number {
+    let n = 0;
+    for (const client of this.clients) if (client.channel !== null && !client.done) n++;
+    return n;
+  }
+
   get tls(): boolean {
     return this.web.tls;
   }

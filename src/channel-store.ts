@@ -9,6 +9,7 @@ import {
   newCounters,
   sweepIntervalFor,
   type ChannelInfo,
+  type ChannelStatus,
   type ChannelStore as Store,
   type CloseReason,
   type DropCause,
@@ -166,6 +167,20 @@ export class ChannelStore implements Store {
 
   get(id: string): Channel | undefined {
     return this.channels.get(id);
+  }
+
+  describe(id: string): ChannelStatus | undefined {
+    const ch = this.channels.get(id);
+    if (ch === undefined) return undefined;
+    return {
+      id,
+      messages: ch.nextOffset - ch.baseOffset,
+      kept: ch.kept,
+      finished: ch.finishedAt !== 0,
+      subscribers: ch.subscribers.size,
+      lastActivity: ch.lastActivity,
+      last: ch.kept > 0 ? ch.history[ch.history.length - 1] : null,
+    };
   }
 
   hasMessages(id: string): boolean {

@@ -153,10 +153,12 @@ export const DECLARATION = Object.freeze({
     allow_exit_command: new Key(true, boolean, LIVE, "the original's `0`/`exit` ZeroMQ message stops the monitor; `false` ignores it"),
   },
   http: {
-    enabled: new Key(false, boolean, RESTART, "serve `/livez`, `/readyz`, `/metrics`"),
+    enabled: new Key(false, boolean, RESTART, "serve `/livez`, `/readyz`, `/metrics`, `/status`"),
     uri: new Key<Address | null>(null, nullable(address), RESTART, "`[host, port]` for those endpoints (keep it on loopback)", "unset"),
     on_websocket_port: new Key(false, boolean, RESTART,
       "serve the endpoints on the WebSocket port instead of `http.uri` (a reverse proxy in front would make them public)"),
+    list_channels: new Key(false, boolean, LIVE,
+      "`GET /status?channels=N` (`recodex-monitor status --channels`) lists channel ids; they are capabilities (anyone holding one can watch that job)"),
   },
   store: {
     kind: new Key<"memory" | "redis">("memory", oneOf(["memory", "redis"] as const), RESTART,

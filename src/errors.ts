@@ -11,6 +11,10 @@ export const EXIT = Object.freeze({
   BIND: 4,
   LOG_FILE: 5,
   CHECK_FAILED: 6,
+  STREAM_ENDED: 7,
+  UNREACHABLE: 8,
+  SWITCHED_OFF: 9,
+  NO_CHANNEL: 10,
 });
 
 interface Entry<P> {
@@ -42,6 +46,14 @@ export const ERRORS = Object.freeze({
     `log file ${p.path} cannot be opened for writing: ${p.reason} (set logger.file to a writable path, or "-" for stderr)`),
   RMON_ERR_CHECK_FAILED: entry(EXIT.CHECK_FAILED, "the self-test round trip did not complete", (p: { step: string }) =>
     `self-test failed at: ${p.step}`),
+  RMON_ERR_STREAM_ENDED: entry(EXIT.STREAM_ENDED, "`watch`: the stream ended before FINISHED", (p: { channel: string; how: string }) =>
+    `channel ${p.channel} ended without FINISHED: ${p.how}`),
+  RMON_ERR_UNREACHABLE: entry(EXIT.UNREACHABLE, "`watch`, `send`, `status`: the running monitor cannot be reached",
+    (p: { what: string; url: string; reason: string; hint: string }) => `cannot reach the monitor's ${p.what} at ${p.url}: ${p.reason} (${p.hint})`),
+  RMON_ERR_SWITCHED_OFF: entry(EXIT.SWITCHED_OFF, "`status`, `watch --resume`: what was asked is switched off in the monitor's configuration",
+    (p: { what: string; key: string; apply: string }) => `${p.what} is off: set ${p.key}: true in the monitor's config file and ${p.apply}`),
+  RMON_ERR_NO_CHANNEL: entry(EXIT.NO_CHANNEL, "`status --channel`: the monitor keeps no such channel", (p: { channel: string }) =>
+    `the monitor keeps no channel ${p.channel} (no message for it yet, or already dropped)`),
 });
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -8,7 +8,7 @@ const KEYS = ["command", "task_id", "task_state"] as const;
 const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 export type ParsedFrames =
-  | { kind: "message"; channel: string; json: string; command: string }
+  | { kind: "message"; channel: string; json: string; command: string; taskState: string | undefined }
   | { kind: "exit" }
   | { kind: "invalid"; reason: string; channel?: string };
 
@@ -47,7 +47,7 @@ export function parseFrames(
   if (json.length > maxMessageLength) {
     return { kind: "invalid", reason: `message of ${json.length} bytes as JSON (limit ${maxMessageLength})`, channel };
   }
-  return { kind: "message", channel, command, json };
+  return { kind: "message", channel, command, json, taskState: values[2] };
 }
 
 function decode(bytes: Uint8Array): string | null {

@@ -7,6 +7,7 @@ import { ChannelStore as MemoryStore } from "./channel-store.ts";
 import { combine, LOG_LEVELS, valueAt, type Config } from "./config.ts";
 import { CLOSE, monitorError, reasonOf } from "./errors.ts";
 import type { HttpEndpoints } from "./http-endpoints.ts";
+import { JobMetrics } from "./job-metrics.ts";
 import { WarnLimiter, type Log } from "./logger.ts";
 import { StateFile } from "./state-file.ts";
 import { clockFloor, type ChannelStore, type StoreHooks } from "./store-backend.ts";
@@ -23,6 +24,7 @@ export class Monitor {
   http: HttpEndpoints | null = null;
   state: MonitorState = "starting";
   readonly counters = { malformed: 0 };
+  readonly jobs = new JobMetrics();
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
   private stopping: Promise<void> | null = null;
   private readonly warnLimiter: WarnLimiter;
@@ -37,6 +39,7 @@ export class Monitor {
     this.warnLimiter = new WarnLimiter(log);
     this.store = createStore(config, {
       dropped: (ch, cause) => {
+        this.jobs.dropped(ch.id, cause);
         if (cause === "shutdown") return;
         const what = cause === "finished" ? "finished_ttl passed" : cause === "idle" ? `no message for ${this.config.retention.idle_ttl} s` : "evicted at a retention cap";
         const line = `channel ${ch.id} dropped (${what}; ${ch.nextOffset - ch.baseOffset} messages${ch.finishedAt === 0 ? ", never FINISHED" : ""})`;
@@ -60,6 +63,7 @@ export class Monitor {
       {
         message: (m) => {
           this.store.publish(m.channel, m.command, m.json);
+          this.jobs.message(m.channel, m.command, m.taskState);
         },
         invalid: (reason, channel) => {
           this.counters.malformed++;

@@ -1,35 +1,20 @@
 // `recodex-monitor check`: plays the broker and a browser against the running monitor at
 // the configured addresses, pushes a test job through it and reports each step's timing.
 import { randomBytes } from "node:crypto";
-import { get as plainGet } from "node:http";
-import { get as httpsGet } from "node:https";
 import { performance } from "node:perf_hooks";
 import { WebSocket } from "ws";
-import * as zmq from "zeromq";
-import { ROUTING_ID } from "./broker-link.ts";
-import type { Address, Config } from "./config.ts";
+import type { Config } from "./config.ts";
 import { EXIT } from "./errors.ts";
 import { encodeMessage } from "./frames.ts";
-
-function connectHost(host: string): string {
-  if (host === "" || host === "0.0.0.0") return "127.0.0.1";
-  if (host === "::") return "::1";
-  return host;
-}
-
-function hostPort([host, port]: Address): string {
-  const h = connectHost(host);
-  return `${h.includes(":") ? `[${h}]` : h}:${port}`;
-}
+import { BrokerPeer, httpGet, monitorUrls, withTimeout } from "./monitor-client.ts";
 
 class StepFailed extends Error {}
 
 export async function runSelfTest(config: Config, timeoutSeconds: number, print: (line: string) => void): Promise<number> {
   const timeoutMs = timeoutSeconds * 1000;
   const channel = `selftest_${randomBytes(8).toString("hex")}`;
-  const scheme = config.websocket.tls_cert !== null ? "wss" : "ws";
-  const wsUrl = `${scheme}://${hostPort(config.websocket_uri)}/`;
-  const zmqUrl = `tcp://${hostPort(config.zeromq_uri)}`;
+  const urls = monitorUrls(config);
+  const { ws: wsUrl, zmq: zmqUrl } = urls;
   const started = performance.now();
   const cleanups: (() => void)[] = [];
 
@@ -47,27 +32,25 @@ export async function runSelfTest(config: Config, timeoutSeconds: number, print:
 
   print(`recodex-monitor self-test: WebSocket ${wsUrl}, ZeroMQ ${zmqUrl}, channel ${channel}`);
   try {
-    if (config.http.enabled) {
-      const httpUrl = config.http.uri === null ? wsUrl.replace(/^ws/, "http") : `http://${hostPort(config.http.uri)}/`;
+    if (urls.http !== null) {
+      const httpUrl = urls.http;
       await step(`GET ${httpUrl}readyz`, async () => {
-        const res = await httpGet(`${httpUrl}readyz`);
+        const res = await httpGet(`${httpUrl}readyz`, timeoutMs);
         if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${res.body.trim()}`);
       });
     }
     const browser = await step("WebSocket connection", () => openClient(wsUrl, cleanups));
     browser.ws.send(channel);
-    const broker = new zmq.Router({ mandatory: true, linger: 0 });
+    const broker = await BrokerPeer.connect(zmqUrl, timeoutMs);
     cleanups.push(() => broker.close());
-    if (zmqUrl.includes("[")) broker.ipv6 = true;
-    broker.connect(zmqUrl);
     const sequence: string[][] = [["DOWNLOADED"], ["TASK", "selftest-task", "COMPLETED"], ["FINISHED"]];
     const expected = sequence.map((values) => encodeMessage(values));
     await step("ZeroMQ connection (handshake with recodex-monitor)", () =>
-      sendWhenConnected(broker, [channel, ...sequence[0]], timeoutMs),
+      broker.send([channel, ...sequence[0]]),
     );
     await step(`relay of ${sequence[0].join(" ")}`, () => browser.next(expected[0]));
     for (let i = 1; i < sequence.length; i++) {
-      await broker.send([ROUTING_ID, channel, ...sequence[i]]);
+      await broker.send([channel, ...sequence[i]]);
       await step(`relay of ${sequence[i].join(" ")}`, () => browser.next(expected[i]));
     }
     await step("close with 1000 after FINISHED", () => browser.closedWith(1000));
@@ -85,20 +68,6 @@ export async function runSelfTest(config: Config, timeoutSeconds: number, print:
     return EXIT.CHECK_FAILED;
   } finally {
     for (const c of cleanups) c();
-  }
-}
-
-async function sendWhenConnected(socket: zmq.Router, frames: string[], timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await socket.send([ROUTING_ID, ...frames]);
-      return;
-    } catch (err) {
-      if ((err as { code?: string }).code !== "EHOSTUNREACH") throw err;
-      if (Date.now() > deadline) throw new Error("no ZeroMQ peer with routing id recodex-monitor answered at this address");
-      await new Promise((r) => setTimeout(r, 10));
-    }
   }
 }
 
@@ -142,29 +111,4 @@ function openClient(url: string, cleanups: (() => void)[]): Promise<Client> {
     ws.once("open", () => resolve(client));
     ws.once("error", (err) => reject(new Error(`${err.message} (is the monitor running and websocket_uri right?)`)));
   });
-}
-
-/** A GET that, like the WebSocket steps, checks the monitor rather than its certificate. */
-function httpGet(url: string): Promise<{ status: number; body: string }> {
-  const get = url.startsWith("https:") ? httpsGet : plainGet;
-  return new Promise((resolve, reject) => {
-    const req = get(url, { rejectUnauthorized: false }, (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (chunk: string) => (body += chunk));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on("error", reject);
-    });
-    req.on("error", reject);
-  });
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout>;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no result within ${ms / 1000} s (${what})`)), ms);
-    }),
-  ]);
 }

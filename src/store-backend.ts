@@ -36,6 +36,22 @@ export interface ChannelInfo {
   readonly finishedAt: number;
 }
 
+/** One channel as the status endpoint shows it. */
+export interface ChannelStatus {
+  readonly id: string;
+  /** Messages the channel has had (its offsets' span). */
+  readonly messages: number;
+  /** Messages kept here for replay; null where history lives elsewhere (Redis). */
+  readonly kept: number | null;
+  readonly finished: boolean;
+  /** Subscribers on this node. */
+  readonly subscribers: number;
+  /** performance.now() of its last message. */
+  readonly lastActivity: number;
+  /** Its last kept message (JSON), when kept here. */
+  readonly last: string | null;
+}
+
 export interface StoreHooks {
   dropped?(channel: ChannelInfo, cause: DropCause): void;
   truncated?(channel: ChannelInfo): void;
@@ -104,6 +120,8 @@ export interface ChannelStore {
    * Redis store knows the channels it has views of; others count as not written to).
    */
   hasMessages(id: string): boolean;
+  /** What `recodex-monitor status --channel` shows of a channel this node holds or follows. */
+  describe(id: string): ChannelStatus | undefined;
   /** Restores or connects; resolves before the monitor accepts anyone. */
   open(): Promise<void>;
   /** Never blocks on anything: the broker link's loop calls it for every message. */

@@ -22,6 +22,7 @@ import {
   newCounters,
   sweepIntervalFor,
   type ChannelInfo,
+  type ChannelStatus,
   type ChannelStore,
   type CloseReason,
   type RetentionLimits,
@@ -140,6 +141,20 @@ export class RedisStore implements ChannelStore {
 
   get pending(): number {
     return this.ingest.pending;
+  }
+
+  describe(id: string): ChannelStatus | undefined {
+    const view = this.views.get(id);
+    if (view === undefined) return undefined;
+    return {
+      id,
+      messages: view.nextOffset - view.baseOffset,
+      kept: null,
+      finished: view.finishedAt !== 0,
+      subscribers: view.subs.size,
+      lastActivity: view.lastActivity,
+      last: null,
+    };
   }
 
   hasMessages(id: string): boolean {

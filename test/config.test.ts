@@ -57,7 +57,7 @@ test("every new setting has its documented default", () => {
   assert.deepEqual(config.keepalive, { interval: 30 });
   assert.deepEqual(config.websocket, { permessage_deflate: false, resumable: true, tls_cert: null, tls_key: null });
   assert.deepEqual(config.broker, { allow_exit_command: true });
-  assert.deepEqual(config.http, { enabled: false, uri: null, on_websocket_port: false });
+  assert.deepEqual(config.http, { enabled: false, uri: null, on_websocket_port: false, list_channels: false });
   assert.deepEqual(config.access, {
     allowed_origins: [],
     max_connections: 0,

@@ -113,7 +113,7 @@ test("/metrics counts connections, channels, stored messages and bytes, messages
   assert.equal(got.value("recodex_monitor_stored_bytes"), bytes);
   assert.equal(got.value("recodex_monitor_messages_in_total"), 2);
   assert.equal(got.value("recodex_monitor_messages_out_total"), 4);
-  assert.equal(got.value("recodex_monitor_bytes_out_total"), 2 * bytes);
+  assert.equal(got.value("recodex_monitor_messages_out_bytes_total"), 2 * bytes);
   assert.equal(got.value("recodex_monitor_subscriptions_total"), 2);
   assert.equal(got.value("recodex_monitor_replays_total"), 2);
   assert.equal(got.value("recodex_monitor_replayed_messages_total"), 2);

@@ -22,6 +22,11 @@ export interface SubscribeOptions extends ConnectOptions {
 
 const FINISHED = '{"command": "FINISHED"}';
 
+/** The monitor's log line for a subscription to `channel` (logged as the monitor takes it). */
+export function subscribedLine(channel: string): RegExp {
+  return new RegExp(`subscribed to channel ${escapeRegExp(channel)}( resuming after offset \\d+)?\\n`);
+}
+
 export class Relay {
   readonly monitor: MonitorProcess;
   readonly broker: Broker;
@@ -69,7 +74,7 @@ export class Relay {
       const since = this.monitor.mark();
       const b = await this.connect(options);
       b.ws.send(options.first ?? channel);
-      await this.monitor.waitFor(new RegExp(`subscribed to channel ${escapeRegExp(channel)}( resuming after offset \\d+)?\\n`), { since });
+      await this.monitor.waitFor(subscribedLine(channel), { since });
       return b;
     });
     this.subscribing = next.catch(() => {});
