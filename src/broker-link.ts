@@ -75,13 +75,20 @@ export class BrokerLink {
 
   private async receiveLoop(): Promise<void> {
     const handlers = this.handlers;
+    const socket = this.socket;
     let idleSince = Date.now();
     let received = 0;
     let receivedBytes = 0;
+    // Reading a burst: receiveTimeout 0 makes each receive one non-blocking read. With the
+    // default (-1), zeromq.js asks libzmq whether the socket is readable before every read
+    // (a system call or two per message) and defers every 512th read to a later turn; that is
+    // right for the wait, not for a queue we already know is full. The burst ends at the
+    // first EAGAIN (one rejected receive per burst), and the loop waits again.
+    let burst = false;
     try {
       while (!this.closed) {
         if (POLL_ONLY) {
-          if (!this.socket.readable) {
+          if (!socket.readable) {
             await new Promise((r) => setTimeout(r, Date.now() - idleSince < 1000 ? 1 : 10));
             continue;
           }
@@ -95,8 +102,26 @@ export class BrokerLink {
           received = 0;
           receivedBytes = 0;
           await new Promise((r) => setImmediate(r));
+          if (this.closed) break;
         }
-        const frames = await this.socket.receive();
+        let frames: Buffer[];
+        if (burst) {
+          try {
+            frames = await socket.receive();
+          } catch (err) {
+            if ((err as { code?: string }).code !== "EAGAIN" || this.closed) throw err;
+            burst = false;
+            socket.receiveTimeout = -1;
+            continue;
+          }
+        } else {
+          frames = await socket.receive();
+          // One more message already waiting means a burst: read it without asking again.
+          if (!POLL_ONLY && socket.readable) {
+            burst = true;
+            socket.receiveTimeout = 0;
+          }
+        }
         for (let i = 1; i < frames.length; i++) receivedBytes += frames[i].length;
         const parsed = parseFrames(frames, 1, this.maxChannelLength, this.maxMessageLength);
         if (parsed.kind === "message") handlers.message(parsed);

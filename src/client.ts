@@ -54,7 +54,6 @@ const CUT_GRACE_MS = 1000;
  */
 export class WriteQueue {
   private dirty: Client[] = [];
-  private readonly frames = new Map<string, Buffer>();
   private readonly payloads = new Map<string, Buffer>();
   private scheduled = false;
   /** Clients with a backlog as of their last flush or check. */
@@ -77,16 +76,6 @@ export class WriteQueue {
       this.scheduled = true;
       setImmediate(this.flush);
     }
-  }
-
-  /** The frame for a payload that many subscribers share, built once per turn. */
-  sharedFrame(payload: string): Buffer {
-    let frame = this.frames.get(payload);
-    if (frame === undefined) {
-      frame = textFrame(payload);
-      this.frames.set(payload, frame);
-    }
-    return frame;
   }
 
   /**
@@ -131,7 +120,6 @@ export class WriteQueue {
     const dirty = this.dirty;
     this.dirty = [];
     for (let i = 0; i < dirty.length; i++) dirty[i].flush();
-    this.frames.clear();
     this.payloads.clear();
     // As for one client's bound, what the peers had not taken before this turn decides: a
     // burst written in this turn is not held against clients that read.
@@ -290,26 +278,39 @@ export class Client implements Subscriber {
       for (let i = 0; i < frames.length; i++) {
         this.ws.send(offsets[i] === AS_IS ? frames[i] : withOffset(frames[i], offsets[i]), SEND_TEXT);
       }
-    } else if (this.resumable) {
-      for (let i = 0; i < frames.length; i++) {
-        if (offsets[i] === AS_IS) {
-          socket.write(textFrame(frames[i]));
-        } else if (frames[i].length < SHARE_FROM) {
-          socket.write(textFrame(withOffset(frames[i], offsets[i])));
-        } else {
-          // Its own header and offset, the shared message, the closing brace.
-          const payload = this.queue.sharedPayload(frames[i]);
-          socket.write(frameHead(offsetPrefix(offsets[i]), payload.length + SUFFIX.length));
-          socket.write(payload);
-          socket.write(SUFFIX);
-        }
-      }
     } else {
-      for (let i = 0; i < frames.length; i++) socket.write(this.queue.sharedFrame(frames[i]));
+      this.writeRaw(frames, offsets);
     }
     socket.uncork();
     counters.sentFrames += frames.length;
     counters.sentBytes += bytes;
+  }
+
+  /**
+   * Frames without an extension, in as few writes as can be: each run of small frames is built
+   * into one buffer (one write per client per turn is the common case); a large message is
+   * written around the bytes that every client getting it in this turn shares.
+   */
+  private writeRaw(frames: readonly string[], offsets: readonly number[]): void {
+    let from = 0;
+    for (let i = 0; i <= frames.length; i++) {
+      const large = i < frames.length && frames[i].length >= SHARE_FROM;
+      if (i < frames.length && !large) continue;
+      if (i > from) this.socket.write(batch(frames, offsets, from, i));
+      if (large) {
+        const payload = this.queue.sharedPayload(frames[i]);
+        if (offsets[i] === AS_IS) {
+          this.socket.write(frameHead("", payload.length));
+          this.socket.write(payload);
+        } else {
+          // Its own header and offset, the shared message, the closing brace.
+          this.socket.write(frameHead(offsetPrefix(offsets[i]), payload.length + SUFFIX.length));
+          this.socket.write(payload);
+          this.socket.write(SUFFIX);
+        }
+      }
+      from = i + 1;
+    }
   }
 
   private enqueue(payload: string, offset: number, bytes: number): void {
@@ -320,6 +321,51 @@ export class Client implements Subscriber {
   }
 }
 
+function headerLength(n: number): number {
+  return n < 126 ? 2 : n < 65536 ? 4 : 10;
+}
+
+function writeHeader(out: Buffer, at: number, n: number): number {
+  out[at] = 0x81;
+  if (n < 126) {
+    out[at + 1] = n;
+    return at + 2;
+  }
+  if (n < 65536) {
+    out[at + 1] = 126;
+    out.writeUInt16BE(n, at + 2);
+    return at + 4;
+  }
+  out[at + 1] = 127;
+  out.writeUInt32BE(0, at + 2);
+  out.writeUInt32BE(n, at + 6);
+  return at + 10;
+}
+
+/** frames[from..to) as unmasked text frames in one buffer; each wrapped with its offset unless AS_IS. */
+function batch(frames: readonly string[], offsets: readonly number[], from: number, to: number): Buffer {
+  let size = 0;
+  for (let i = from; i < to; i++) {
+    const n = offsets[i] === AS_IS ? frames[i].length : offsetPrefix(offsets[i]).length + frames[i].length + SUFFIX.length;
+    size += headerLength(n) + n;
+  }
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (let i = from; i < to; i++) {
+    const json = frames[i];
+    if (offsets[i] === AS_IS) {
+      at = writeHeader(out, at, json.length);
+    } else {
+      const prefix = offsetPrefix(offsets[i]);
+      at = writeHeader(out, at, prefix.length + json.length + SUFFIX.length);
+      at += out.write(prefix, at, "latin1");
+    }
+    at += out.write(json, at, "latin1");
+    if (offsets[i] !== AS_IS) out[at++] = 0x7d; // "}"
+  }
+  return out;
+}
+
 /** An unmasked, final text frame: the payload is ASCII, so its characters are its bytes. */
 export function textFrame(payload: string): Buffer {
   return frameHead(payload, 0);
@@ -328,19 +374,7 @@ export function textFrame(payload: string): Buffer {
 /** The start of a text frame whose payload is `start` followed by `more` bytes written separately. */
 function frameHead(start: string, more: number): Buffer {
   const n = start.length + more;
-  const header = n < 126 ? 2 : n < 65536 ? 4 : 10;
-  const head = Buffer.allocUnsafe(header + start.length);
-  head[0] = 0x81;
-  if (header === 2) {
-    head[1] = n;
-  } else if (header === 4) {
-    head[1] = 126;
-    head.writeUInt16BE(n, 2);
-  } else {
-    head[1] = 127;
-    head.writeUInt32BE(0, 2);
-    head.writeUInt32BE(n, 6);
-  }
-  head.write(start, header, "latin1");
+  const head = Buffer.allocUnsafe(headerLength(n) + start.length);
+  head.write(start, writeHeader(head, 0, n), "latin1");
   return head;
 }

@@ -8,7 +8,7 @@ import { ChannelStore } from "../src/channel-store.ts";
 import { textFrame } from "../src/client.ts";
 import { DEFAULTS, type Config } from "../src/config.ts";
 import { Log } from "../src/logger.ts";
-import { Browser, RawWebSocket } from "./helpers/browser.ts";
+import { Browser, RawWebSocket, RESUME, unwrap } from "./helpers/browser.ts";
 import { waitUntil } from "./helpers/wait.ts";
 
 test("textFrame uses the 2-, 4- and 10-byte headers of RFC 6455 at 125/126 and 65535/65536 bytes", () => {
@@ -74,4 +74,29 @@ test("a slow subscriber cut while FINISHED is published does not re-enter the st
   assert.equal(gateway.counters.slowClients, 1, "the stalled client was cut as slow");
   assert.deepEqual(reentered, [], "the store was entered while it was publishing");
   stalled.destroy();
+});
+
+test("small, large and very large messages published in one turn reach a legacy and a resumable client whole and in order", async (t) => {
+  const store = new ChannelStore({ ...DEFAULTS.retention, max_bytes_per_channel: 64 * 1024 * 1024, max_total_bytes: 256 * 1024 * 1024 });
+  const log = new Log({ file: "-", level: "critical", "max-size": 1024 * 1024, rotations: 0 });
+  const gateway = new BrowserGateway(store, settings(64 * 1024 * 1024), log, null);
+  await gateway.listen(["127.0.0.1", 0]);
+  t.after(() => gateway.close({ code: 1001, reason: "test over" }, 1000));
+
+  const legacy = await Browser.open(gateway.port, "job");
+  const resumable = new Browser(`ws://127.0.0.1:${gateway.port}/`, RESUME);
+  await resumable.opened;
+  resumable.ws.send(JSON.stringify({ channel: "job", after: -1 }));
+  await waitUntil(() => gateway.counters.subscriptions === 2, "both clients subscribed");
+
+  // Sizes around the frame header bounds (125/126, 65535/65536) and the shared-bytes threshold.
+  const sizes = [1, 100, 125, 126, 1000, 1023, 1024, 5000, 65535, 65536, 70000, 3, 200000, 7];
+  const sent = sizes.map((n, i) => JSON.stringify({ command: "TASK", task_id: `t${i}`, pad: "y".repeat(n) }));
+  for (const json of sent) store.publish("job", "TASK", json); // one turn: every frame in one flush
+  store.publish("job", "FINISHED", '{"command": "FINISHED"}');
+  await legacy.waitClose();
+  await resumable.waitClose();
+  const expected = [...sent, '{"command": "FINISHED"}'];
+  assert.deepEqual(legacy.messages, expected);
+  assert.deepEqual(unwrap(resumable.messages), expected.map((message, offset) => ({ offset, message })));
 });

@@ -164,3 +164,29 @@ test("a message whose JSON is larger than the limit is refused, one at the limit
   assert.equal(refused.kind, "invalid");
   if (refused.kind === "invalid") assert.match(refused.reason, /bytes as JSON \(limit/);
 });
+
+test("the plain-ASCII fast path builds the same bytes as the general encoder, frame by frame", () => {
+  // Every printable ASCII byte, with and without the two that need escaping, in 1-3 value frames.
+  const alphabet = Array.from({ length: 0x7f - 0x20 }, (_, i) => String.fromCharCode(0x20 + i)).join("");
+  let seed = 7;
+  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2147483648) % n);
+  for (let round = 0; round < 500; round++) {
+    const values = Array.from({ length: 1 + rand(3) }, () =>
+      Array.from({ length: rand(40) }, () => alphabet[rand(alphabet.length)]).join(""));
+    assert.equal(json("job1", ...values), encodeMessage(values), JSON.stringify(values));
+  }
+  // A message far larger than the fast path's scratch buffer.
+  const big = "x".repeat(100_000);
+  assert.equal(json("job1", "TASK", big, "COMPLETED"), encodeMessage(["TASK", big, "COMPLETED"]));
+  assert.equal(json("job1", "TASK", "t", "COMPLETED"), '{"command": "TASK", "task_id": "t", "task_state": "COMPLETED"}');
+});
+
+test("the channel id and the TASK state come back as strings on either path", () => {
+  const fast = parse("job-1", "TASK", "t1", "COMPLETED");
+  const slow = parse("jöb-1", "TASK", "t\"1", "COMPLETED");
+  assert.deepEqual(fast, { kind: "message", channel: "job-1", command: "TASK", json: '{"command": "TASK", "task_id": "t1", "task_state": "COMPLETED"}', taskState: "COMPLETED" });
+  assert.equal(slow.kind === "message" && slow.channel, "jöb-1");
+  assert.equal(slow.kind === "message" && slow.taskState, "COMPLETED");
+  assert.equal(parse("0", "exit").kind, "exit");
+  assert.equal(parse("0", "exit", "x", "y").kind, "exit");
+});
