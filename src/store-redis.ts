@@ -11,6 +11,9 @@
 //   follows it), in offset order. A view
 //   that cannot vouch for its order (a hole, another life of the channel, a lost feed
 //   position) is re-read from Redis before it delivers anything more.
+// - Each subscriber's last entry is kept with the view: a joiner's history read can be
+//   answered ahead of the feed (they come on two connections), so the view may still bring
+//   it entries it has; nothing reaches a subscriber twice or out of order.
 // - Late joiners and resumes read the channel's history from Redis (READ script).
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
@@ -79,6 +82,12 @@ class View implements ChannelInfo {
   gapAhead = false;
   /** Offsets (in the channel's current life) of messages already delivered here at once. */
   ownDelivered = new Set<number>();
+  /**
+   * The last entry each subscriber got (its life and offset). A joiner's history read may
+   * reach past what the view has delivered (the read and the feed come on two connections):
+   * the view then brings it entries it already has, and they are not sent to it again.
+   */
+  readonly sent = new WeakMap<Subscriber, { epoch: number; offset: number }>();
 
   constructor(id: string, now: number) {
     this.id = id;
@@ -337,16 +346,31 @@ export class RedisStore implements ChannelStore {
     }
   }
 
+  /** Whether `sub` already has the entry at `offset` of life `epoch` (or one after it). */
+  private has(view: View, sub: Subscriber, epoch: number, offset: number): boolean {
+    const last = view.sent.get(sub);
+    return last !== undefined && last.epoch === epoch && offset <= last.offset;
+  }
+
+  /** Sends an entry of life `epoch` to `sub` unless it has it already: never twice, never backwards. */
+  private send(view: View, sub: Subscriber, epoch: number, entry: { offset: number; json: string }): boolean {
+    if (this.has(view, sub, epoch, entry.offset)) return false;
+    view.sent.set(sub, { epoch, offset: entry.offset });
+    sub.send(entry.json, entry.offset);
+    return true;
+  }
+
   private deliver(view: View, entry: Entry, legacyHasIt = false): void {
+    const epoch = view.epoch!;
     if (view.gapAhead) {
       // Resumable clients hear of a hole once, right before the first message after it.
       view.gapAhead = false;
-      for (const sub of view.subs) if (sub.resumable) sub.gap(entry.offset);
+      for (const sub of view.subs) if (sub.resumable && !this.has(view, sub, epoch, entry.offset)) sub.gap(entry.offset);
     }
     view.nextOffset = entry.offset + 1;
     view.lastActivity = performance.now();
     if (view.reads > 0) view.recent.push(entry);
-    for (const sub of view.subs) if (!legacyHasIt || sub.resumable) sub.send(entry.json, entry.offset);
+    for (const sub of view.subs) if (!legacyHasIt || sub.resumable) this.send(view, sub, epoch, entry);
     if (entry.fin) {
       view.finishedAt = view.lastActivity;
       const subs = [...view.subs];
@@ -369,6 +393,7 @@ export class RedisStore implements ChannelStore {
       this.waitingCount++;
     }
     view.joining.set(sub, after);
+    view.sent.delete(sub);
     if (!view.stale && !view.resyncing && view.provisional === 0) this.join(view, sub);
   }
 
@@ -438,10 +463,11 @@ export class RedisStore implements ChannelStore {
       if (after + 1 < first || after >= end) sub.gap(first);
       else from = after + 1;
     }
+    // The read may be ahead of the view (its feed entries not handled yet): the view's live
+    // delivery resumes below `end`, and what this subscriber has from the read is skipped.
     for (const e of entries) {
       if (e.offset < from) continue;
-      sub.send(e.json, e.offset);
-      this.counters.replayedMessages++;
+      if (this.send(view, sub, base, e)) this.counters.replayedMessages++;
     }
     if (reply.fin || view.finishedAt !== 0) sub.end(CLOSE.FINISHED);
     else view.subs.add(sub);
@@ -510,7 +536,7 @@ export class RedisStore implements ChannelStore {
           const seen = !sub.resumable && view.ownDelivered.has(e.offset)
             ? true
             : !newLife && e.offset < view.nextOffset && !(sub.resumable && first > view.nextOffset);
-          if (!seen) sub.send(e.json, e.offset);
+          if (!seen) this.send(view, sub, base, e);
         }
       }
       this.setEpoch(view, base);

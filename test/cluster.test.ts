@@ -2,7 +2,8 @@
 // the broker sends to one node reaches browsers on every node, byte for byte and in order;
 // history survives a node's kill -9 and a Redis restart; a stopped, restarted or flushed
 // Redis never costs a connected subscriber a message, a duplicate or another life's
-// messages. Skipped when redis-server is not installed.
+// messages, nor a subscriber that joins while messages flow a duplicate. Skipped when
+// redis-server is not installed.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { test, type TestContext } from "node:test";
@@ -192,6 +193,37 @@ test("a dropped Redis connection (CLIENT KILL) mid-stream: the subscriber gets e
   assert.equal(onB.messages.length, n + 1, "nothing twice");
   const reconnects = (node: Relay) => metric(node.monitor.wsPort, "recodex_monitor_store_reconnects_total");
   assert.ok((await reconnects(a)) + (await reconnects(b)) >= 1);
+});
+
+test("subscribers joining on B and C while A takes in a job: each gets every message exactly once, in order", options, async (t) => {
+  // A joiner's history read and its node's feed come back on two connections: whichever is
+  // ahead, the history and the live messages meet without a duplicate or a hole.
+  const redis = await RedisServer.start(t);
+  const [a, b, c] = await nodes(t, redis, 3);
+  const chunk = 25;
+  const n = 40 * chunk;
+  const joiners: { browser: Browser; resumable: boolean }[] = [];
+  // A chunk of the job's messages, then a joiner while they are still on their way through
+  // A, Redis and the feed.
+  for (let j = 0; j < n / chunk; j++) {
+    for (let i = j * chunk; i < (j + 1) * chunk; i++) await a.broker.send("job_joining", "TASK", `t${i}`, "COMPLETED");
+    const node = j % 2 === 0 ? b : c;
+    const isResumable = j % 3 === 0;
+    joiners.push({ browser: await (isResumable ? resumable(node, "job_joining") : node.subscribe("job_joining")), resumable: isResumable });
+  }
+  await a.broker.send("job_joining", "FINISHED");
+  const expected = [...Array.from({ length: n }, (_, i) => task(i)), FINISHED];
+  for (const [j, { browser, resumable: isResumable }] of joiners.entries()) {
+    assert.equal((await browser.waitClose()).code, 1000, `joiner ${j}`);
+    if (!isResumable) {
+      assert.deepEqual(browser.messages, expected, `joiner ${j}`);
+      continue;
+    }
+    const got = unwrap(browser.messages);
+    assert.deepEqual(got.map((e) => ("message" in e ? e.message : "gap")), expected, `joiner ${j}`);
+    const first = (got[0] as { offset: number }).offset;
+    assert.deepEqual(got.map((e) => (e as { offset: number }).offset), expected.map((_, i) => first + i), `joiner ${j}: consecutive offsets`);
+  }
 });
 
 test("10,000 messages over 100 channels to 3 nodes: none lost, none reordered", options, async (t) => {

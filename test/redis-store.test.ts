@@ -3,14 +3,18 @@
 // and a stop that says what it could not write. Skipped when redis-server is not installed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { DEFAULTS } from "../src/config.ts";
 import { RedisLink } from "../src/redis-link.ts";
-import { redactUrl } from "../src/store-redis.ts";
+import { RedisStore, redactUrl } from "../src/store-redis.ts";
+import type { CloseReason, Subscriber } from "../src/store-backend.ts";
 import { httpGet, metric, waitMetric } from "./helpers/http.ts";
 import { runCli, writeConfig } from "./helpers/monitor-process.ts";
 import { NO_REDIS, REDIS_PREFIX, RedisServer, redisRelay } from "./helpers/redis.ts";
+import { waitUntil } from "./helpers/wait.ts";
 
 const options = { skip: NO_REDIS, timeout: 60_000 };
 const task = (i: number) => `{"command": "TASK", "task_id": "t${i}", "task_state": "COMPLETED"}`;
+const FINISHED = '{"command": "FINISHED"}';
 
 for (const [yaml, pattern] of [
   ['store:\n  kind: redis\n  redis:\n    url: "http://127.0.0.1:6379"\n', /config key "store\.redis\.url": got "http:\/\/127\.0\.0\.1:6379", expected a redis:\/\/, rediss:\/\/ or unix:\/\/ URL/],
@@ -103,6 +107,114 @@ test("a graceful stop writes what is pending once Redis answers again within the
   assert.equal(await m.exited, 0);
   assert.equal(redis.cli("XLEN", `${REDIS_PREFIX}s:job_kept`), "5");
   assert.doesNotMatch(m.output(), /could not be written/);
+});
+
+/** A subscriber that records what a store gives it. */
+class Recorder implements Subscriber {
+  readonly resumable: boolean;
+  readonly got: { json: string; offset: number }[] = [];
+  closed: CloseReason | null = null;
+  constructor(resumable: boolean) {
+    this.resumable = resumable;
+  }
+  send(json: string, offset: number): void {
+    this.got.push({ json, offset });
+  }
+  gap(): void {}
+  end(close: CloseReason): void {
+    this.closed = close;
+  }
+}
+
+/** A RedisStore in this process on `redis`, closed when the test ends. */
+async function inProcessStore(t: { after(fn: () => unknown): void }, redis: RedisServer): Promise<RedisStore> {
+  const settings = { ...DEFAULTS.store, kind: "redis" as const, redis: { ...DEFAULTS.store.redis, url: redis.url, key_prefix: REDIS_PREFIX } };
+  const store = new RedisStore(DEFAULTS.retention, settings);
+  t.after(() => store.close({ code: 1001, reason: "test over" }, 1000));
+  await store.open();
+  return store;
+}
+
+/**
+ * Publishes `json` on `a` while `b`'s feed entries are held (as a busy event loop or a slow
+ * socket would hold them); resolves once it is in Redis and its feed entry at `b`. The
+ * function returned hands `b` what was held and lets its feed go on.
+ */
+async function writeBehindFeed(a: RedisStore, b: RedisStore, id: string, json: string): Promise<() => void> {
+  const feed = b as unknown as { onFeed(fields: string[]): void };
+  const deliver = feed.onFeed.bind(b);
+  const held: string[][] = [];
+  feed.onFeed = (fields) => held.push(fields);
+  a.publish(id, "TASK", json);
+  await waitUntil(() => held.length === 1 && a.pending === 0, "the message written and its feed entry at B");
+  return () => {
+    feed.onFeed = deliver;
+    for (const fields of held) deliver(fields);
+  };
+}
+
+for (const resumable of [false, true]) {
+  test(`a ${resumable ? "resumable" : "legacy"} subscriber whose history read is answered ahead of the shared feed gets each message once, in order`, options, async (t) => {
+    // Node B's history read and its feed read travel on two connections: the read can come
+    // back with a message (t1) whose feed entry B has not handled yet. B's view then still
+    // expects t1 from the feed and hands it to every subscriber, the joiner included.
+    const redis = await RedisServer.start(t);
+    const a = await inProcessStore(t, redis);
+    const b = await inProcessStore(t, redis);
+    const id = "job_read_ahead";
+    const first = new Recorder(resumable);
+    b.subscribe(id, first);
+    await waitUntil(() => b.describe(id)?.subscribers === 1, "the first subscriber on B");
+    a.publish(id, "TASK", task(0));
+    await waitUntil(() => first.got.length === 1, "t0 on B from the feed");
+    const releaseFeed = await writeBehindFeed(a, b, id, task(1));
+    const joiner = new Recorder(resumable);
+    b.subscribe(id, joiner);
+    await waitUntil(() => joiner.got.length === 2, "the joiner's history read: t0, t1");
+    releaseFeed();
+    a.publish(id, "FINISHED", FINISHED);
+    await waitUntil(() => first.closed !== null && joiner.closed !== null, "both subscribers ended by FINISHED");
+    for (const sub of [first, joiner]) {
+      assert.deepEqual(sub.got.map((m) => m.json), [task(0), task(1), FINISHED]);
+      if (resumable) assert.deepEqual(sub.got.map((m) => m.offset - sub.got[0].offset), [0, 1, 2], "consecutive offsets");
+    }
+  });
+}
+
+test("the first subscriber on a node, its history read overtaken by the feed and then ahead of it, gets each message once, in order", options, async (t) => {
+  // The interleaving of the AOF cluster test's failure: B's view learns the channel's life
+  // from the feed (t0) while the subscriber's read is on its way; the read, answered after
+  // t1 was written, brings t0 and t1; t1's feed entry comes after it.
+  const redis = await RedisServer.start(t);
+  const a = await inProcessStore(t, redis);
+  const b = await inProcessStore(t, redis);
+  const id = "job_read_overtaken";
+  type Run = (script: string, args: readonly string[]) => Promise<string>;
+  const link = (b as unknown as { link: { run: Run } }).link;
+  const run = link.run.bind(link);
+  let openGate!: () => void;
+  const gate = new Promise<void>((r) => (openGate = r));
+  let reads = 0;
+  link.run = async (script, args) => {
+    if (script === "read") {
+      reads++;
+      await gate;
+    }
+    return run(script, args);
+  };
+  const sub = new Recorder(false);
+  b.subscribe(id, sub);
+  await waitUntil(() => reads === 1, "B's history read to be on its way");
+  a.publish(id, "TASK", task(0));
+  await waitUntil(() => b.hasMessages(id), "t0 at B's view from the feed");
+  const releaseFeed = await writeBehindFeed(a, b, id, task(1));
+  openGate();
+  await waitUntil(() => sub.got.length === 2, "the history read: t0, t1");
+  link.run = run;
+  releaseFeed();
+  a.publish(id, "FINISHED", FINISHED);
+  await waitUntil(() => sub.closed !== null, "the subscriber ended by FINISHED");
+  assert.deepEqual(sub.got.map((m) => m.json), [task(0), task(1), FINISHED]);
 });
 
 test("a password in the URL is never shown: redis:// and unix:// URLs are logged with *** for it", () => {
