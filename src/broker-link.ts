@@ -24,6 +24,9 @@ const YIELD_MESSAGES = 2048;
 const MAX_FRAME_BYTES = 64 * 1024 * 1024;
 const YIELD_BYTES = 256 * 1024;
 const DRAIN_QUIET_MS = 50;
+const HANDSHAKE_MS = 10_000;
+const EVENT_BATCH = 64;
+const ACCEPT_ERROR_PAUSE_MS = 100;
 
 export function zmqEndpoint([host, port]: Address): string {
   const h = host === "" || host === "0.0.0.0" ? "*" : host.includes(":") ? `[${host}]` : host;
@@ -46,7 +49,9 @@ export class BrokerLink {
     this.maxMessageLength = maxMessageLength;
     // libzmq drops a peer that sends a frame over maxMessageSize before it is ever
     // allocated here: a hard ceiling far above any real message.
-    this.socket = new zmq.Router({ routingId: ROUTING_ID, linger: 0, maxMessageSize: MAX_FRAME_BYTES });
+    // A peer that has not finished the ZeroMQ handshake within HANDSHAKE_MS is dropped, so
+    // that connections that never speak ZMTP free their descriptors soon.
+    this.socket = new zmq.Router({ routingId: ROUTING_ID, linger: 0, maxMessageSize: MAX_FRAME_BYTES, handshakeInterval: HANDSHAKE_MS });
   }
 
   setLimits(maxChannelLength: number, maxMessageLength: number): void {
@@ -160,7 +165,15 @@ export class BrokerLink {
     this.socket.close();
   }
 
+  /**
+   * The socket's events. zeromq.js resolves each read at once while events are queued, with no
+   * limit, and a listener out of descriptors (EMFILE) queues a failed accept on every attempt:
+   * read without pause, that stream would keep the event loop from ever running a timer or a
+   * socket again. So the loop gives the event loop a turn every EVENT_BATCH events, and pauses
+   * after a failed accept (those that come meanwhile are dropped by libzmq, not queued).
+   */
   private async watchPeers(): Promise<void> {
+    let events = 0;
     try {
       for await (const event of this.socket.events) {
         if (event.type === "accept") {
@@ -171,7 +184,10 @@ export class BrokerLink {
           this.handlers.peer("disconnected", event.address);
         } else if (event.type === "accept:error") {
           this.handlers.acceptFailed(reasonOf(event.error));
+          await new Promise((r) => setTimeout(r, ACCEPT_ERROR_PAUSE_MS));
+          continue;
         }
+        if (++events % EVENT_BATCH === 0) await new Promise((r) => setImmediate(r));
       }
     } catch {
       // The event stream ends with the socket.

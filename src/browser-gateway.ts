@@ -31,6 +31,8 @@ export type GatewaySettings = Pick<Config, "limits" | "keepalive" | "websocket" 
 const UNKNOWN_SUMMARY_MS = 60_000;
 /** How often the open files are counted, to warn before they run out. */
 const FD_CHECK_MS = 10_000;
+/** More ZeroMQ peers than this and the open files are counted (the broker is one peer). */
+const SUSPECT_BROKER_PEERS = 32;
 /** Longest request target quoted in the log. */
 const MAX_LOGGED_URL = 200;
 
@@ -49,14 +51,26 @@ export class BrowserGateway {
   private readonly log: Log;
   private settings: GatewaySettings;
   private readonly admission: Admission;
-  private readonly clients = new Set<Client>();
+  /** Every client, by its WebSocket: the shared event listeners below find their client here. */
+  private readonly clients = new Map<WebSocket, Client>();
+  /**
+   * The listeners every client's WebSocket gets: the same four functions for all of them (ws
+   * calls a listener with the WebSocket as `this`), not four closures per connection, which
+   * at 10,000 idle connections are megabytes.
+   */
+  private readonly events: {
+    message(this: WebSocket, data: Buffer, isBinary: boolean): void;
+    pong(this: WebSocket): void;
+    error(this: WebSocket, err: Error): void;
+    close(this: WebSocket, code: number): void;
+  };
   private readonly queue: WriteQueue;
   private readonly keepalive: Keepalive<Client>;
   private readonly warnings: WarnLimiter;
   private backlogTimer: ReturnType<typeof setInterval> | null = null;
   /** Subscriptions to channels without broker messages since the last summary, which began then. */
   private unknown = { count: 0, since: performance.now() };
-  private fdCheckedAt = 0;
+  private fdCheckedAt = -Infinity;
   private nextId = 1;
   private draining = false;
   /** Resolves the wait in close() once the last client has gone. */
@@ -90,8 +104,28 @@ export class BrowserGateway {
     this.warnings = new WarnLimiter(log);
     this.queue = new WriteQueue(writeLimits(settings.limits), this.counters, this.warnings);
     this.wss = this.createWss();
+    const clients = this.clients;
+    const gateway = this;
+    this.events = {
+      message(data, isBinary) {
+        const client = clients.get(this);
+        if (client !== undefined) gateway.onMessage(client, data, isBinary);
+      },
+      pong() {
+        const client = clients.get(this);
+        if (client !== undefined) client.alive = true;
+      },
+      error(err) {
+        const client = clients.get(this);
+        if (client !== undefined) gateway.log.debug(`client #${client.id} (${client.ip}): ${err.message}`);
+      },
+      close(code) {
+        const client = clients.get(this);
+        if (client !== undefined) gateway.onClose(client, code);
+      },
+    };
     this.keepalive = new Keepalive(
-      this.clients,
+      { [Symbol.iterator]: () => clients.values() },
       settings.keepalive.interval,
       (client) => client.ws.ping(),
       (client) => {
@@ -141,7 +175,7 @@ export class BrowserGateway {
   /** Open connections subscribed to a channel (read per scrape and status request, not kept on the hot path). */
   get subscribers(): number {
     let n = 0;
-    for (const client of this.clients) if (client.channel !== null && !client.done) n++;
+    for (const client of this.clients.values()) if (client.channel !== null && !client.done) n++;
     return n;
   }
 
@@ -182,17 +216,20 @@ export class BrowserGateway {
     else if (configured > cap) this.log.warning(`access.max_connections: ${configured} is more than the open files allow; using ${cap} (${source})`);
   }
 
-  /** Periodic housekeeping (the monitor's sweep tick). */
-  sweep(): void {
+  /** Periodic housekeeping (the monitor's sweep tick); `brokerPeers`: the ZeroMQ peers connected. */
+  sweep(brokerPeers = 0): void {
     const now = performance.now();
     this.admission.sweep();
     this.warnings.flush();
     if (now - this.unknown.since >= UNKNOWN_SUMMARY_MS) this.summariseUnknown(now);
     // Counting the open files costs a directory read per descriptor: only worth it once the
-    // connections alone have taken half of what the limit allows.
-    if (now - this.fdCheckedAt >= FD_CHECK_MS && this.sockets * 2 >= this.maxConnections) {
+    // connections alone have taken half of what the limit allows, or once far more ZeroMQ
+    // peers are connected than the one broker there should be (libzmq's own report of a
+    // failed accept does not always arrive when the process is out of descriptors).
+    const suspect = this.sockets * 2 >= this.maxConnections || brokerPeers >= SUSPECT_BROKER_PEERS;
+    if (now - this.fdCheckedAt >= FD_CHECK_MS && suspect) {
       this.fdCheckedAt = now;
-      this.checkOpenFiles();
+      this.checkOpenFiles(brokerPeers);
     }
   }
 
@@ -205,7 +242,7 @@ export class BrowserGateway {
     this.summariseUnknown(performance.now());
     this.warnings.flush();
     const listening = this.web.stopListening();
-    for (const client of [...this.clients]) client.end(close);
+    for (const client of [...this.clients.values()]) client.end(close);
     if (this.clients.size > 0) {
       let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
@@ -214,7 +251,7 @@ export class BrowserGateway {
       });
       clearTimeout(timer);
     }
-    for (const client of [...this.clients]) client.ws.terminate();
+    for (const client of [...this.clients.values()]) client.ws.terminate();
     this.web.destroyAll();
     await listening;
   }
@@ -271,34 +308,36 @@ export class BrowserGateway {
       socket.end(refusalResponse(outcome.refusal));
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, socket, outcome.address, req));
+    // The callback must not hold the request: nothing of it is needed once the connection is open.
+    const address = outcome.address;
+    const url = this.log.debugEnabled ? (req.url ?? "/").slice(0, MAX_LOGGED_URL) : "";
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, socket, address, url));
   }
 
-  private accept(ws: WebSocket, socket: Socket, ip: string, req: IncomingMessage): void {
+  private accept(ws: WebSocket, socket: Socket, ip: string, url: string): void {
     if (this.draining) {
       ws.close(CLOSE.SHUTDOWN.code, CLOSE.SHUTDOWN.reason);
       return;
     }
     const client = new Client(ws, socket, ip, this.nextId++, ws.protocol === RESUME_PROTOCOL, this.queue);
     this.keepalive.admit(client);
-    this.clients.add(client);
+    this.clients.set(ws, client);
     this.counters.accepted++;
     if (this.log.debugEnabled) {
-      const url = (req.url ?? "/").slice(0, MAX_LOGGED_URL);
       this.log.debug(`client #${client.id} connected from ${ip} (${url}${client.resumable ? ", resumable" : ""})`);
     }
-    ws.on("message", (data: Buffer, isBinary: boolean) => this.onMessage(client, data, isBinary));
-    ws.on("pong", () => {
-      client.alive = true;
-    });
-    ws.on("error", (err: Error) => this.log.debug(`client #${client.id} (${ip}): ${err.message}`));
-    ws.on("close", (code: number) => this.onClose(client, code));
-    client.subscribeTimer = setTimeout(() => {
-      this.counters.subscribeTimeouts++;
-      this.log.info(`client #${client.id} (${ip}) sent no channel id within ${this.settings.limits.subscribe_timeout} s: closed`);
-      client.end(CLOSE.SUBSCRIBE_TIMEOUT);
-    }, this.settings.limits.subscribe_timeout * 1000);
+    ws.on("message", this.events.message);
+    ws.on("pong", this.events.pong);
+    ws.on("error", this.events.error);
+    ws.on("close", this.events.close);
+    client.subscribeTimer = setTimeout(this.subscribeTimedOut, this.settings.limits.subscribe_timeout * 1000, client);
   }
+
+  private readonly subscribeTimedOut = (client: Client): void => {
+    this.counters.subscribeTimeouts++;
+    this.log.info(`client #${client.id} (${client.ip}) sent no channel id within ${this.settings.limits.subscribe_timeout} s: closed`);
+    client.end(CLOSE.SUBSCRIBE_TIMEOUT);
+  };
 
   private onMessage(client: Client, data: Buffer, isBinary: boolean): void {
     if (client.channel !== null || client.done) {
@@ -334,7 +373,7 @@ export class BrowserGateway {
     this.clearSubscribeTimer(client);
     client.done = true;
     if (client.channel !== null) this.store.unsubscribe(client.channel, client);
-    this.clients.delete(client);
+    this.clients.delete(client.ws);
     this.queue.forget(client);
     if (this.log.debugEnabled) {
       this.log.debug(`client #${client.id} (${client.ip}) disconnected with ${code}${client.channel !== null ? ` from channel ${client.channel}` : ""}`);
@@ -351,12 +390,15 @@ export class BrowserGateway {
   }
 
   /** Warns (rate-limited) when the process comes near its open-files limit, where node drops connections unannounced. */
-  private checkOpenFiles(): void {
+  private checkOpenFiles(brokerPeers: number): void {
     const open = openFiles();
     const limit = this.admission.fdLimit.value;
-    if (open !== null && open > limit - FD_RESERVE / 4) {
+    if (open === "exhausted" || (open !== null && open > limit - FD_RESERVE / 4)) {
+      const cause = brokerPeers >= SUSPECT_BROKER_PEERS
+        ? `${brokerPeers} ZeroMQ peers are connected where one broker should be: something floods the ZeroMQ port (zeromq_uri)`
+        : `lower access.max_connections or raise LimitNOFILE`;
       this.warnings.warn("open-files",
-        `${open} files open, near the open-files limit ${limit}: past it, new connections (WebSocket and ZeroMQ) fail with EMFILE; lower access.max_connections or raise LimitNOFILE`);
+        `${open === "exhausted" ? "no file descriptor left" : `${open} files open`}, near the open-files limit ${limit}: past it, new connections (WebSocket and ZeroMQ) fail with EMFILE; ${cause}`);
     }
   }
 

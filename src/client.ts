@@ -199,8 +199,8 @@ export class Client implements Subscriber {
   /** What its peer had not taken when its last flush began. */
   waitingBeforeFlush = 0;
   /** Queued payloads, and for each the offset to wrap it with (resumable clients) or AS_IS. */
-  private pending: string[] = [];
-  private offsets: number[] = [];
+  private readonly pending: string[] = [];
+  private readonly offsets: number[] = [];
   private pendingBytes = 0;
 
   constructor(ws: WebSocket, socket: Socket, ip: string, id: number, resumable: boolean, queue: WriteQueue) {
@@ -240,8 +240,8 @@ export class Client implements Subscriber {
   /** Closes at once, discarding what has not been written: the peer is not reading. */
   cut(close: CloseReason): void {
     this.done = true;
-    this.pending = [];
-    this.offsets = [];
+    this.pending.length = 0;
+    this.offsets.length = 0;
     this.pendingBytes = 0;
     this.ws.close(close.code, close.reason);
     setTimeout(() => this.ws.terminate(), CUT_GRACE_MS).unref();
@@ -250,12 +250,21 @@ export class Client implements Subscriber {
   /** Writes the queued frames in one corked batch, or cuts a client that cannot keep up. */
   flush(): void {
     if (this.pending.length === 0) return;
+    // The two arrays are used again for the next turn: everything in them is written (copied
+    // into frames) before this returns.
     const frames = this.pending;
     const offsets = this.offsets;
     const bytes = this.pendingBytes;
-    this.pending = [];
-    this.offsets = [];
     this.pendingBytes = 0;
+    try {
+      this.write(frames, offsets, bytes);
+    } finally {
+      frames.length = 0;
+      offsets.length = 0;
+    }
+  }
+
+  private write(frames: readonly string[], offsets: readonly number[], bytes: number): void {
     if (this.ws.readyState !== this.ws.OPEN) return;
     const counters = this.queue.counters;
     // What the peer has not taken since earlier turns decides; a burst that arrives within

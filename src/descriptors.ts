@@ -18,12 +18,16 @@ export function openFilesLimit(): number | null {
   }
 }
 
-/** How many descriptors are open now, or null when unknown. */
-export function openFiles(): number | null {
+/**
+ * How many descriptors are open now, null when unknown, or "exhausted" when not even the one
+ * descriptor that counting them takes is left.
+ */
+export function openFiles(): number | "exhausted" | null {
   try {
     return readdirSync("/proc/self/fd").length;
-  } catch {
-    return null;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    return code === "EMFILE" || code === "ENFILE" ? "exhausted" : null;
   }
 }
 

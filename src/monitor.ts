@@ -185,7 +185,7 @@ export class Monitor {
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.sweepTimer = setInterval(() => {
       this.store.sweep();
-      this.gateway.sweep();
+      this.gateway.sweep(this.broker.peers);
       this.warnLimiter.flush();
     }, this.store.sweepInterval());
     this.sweepTimer.unref();

