@@ -25,8 +25,8 @@ const MAX_FRAME_BYTES = 64 * 1024 * 1024;
 const YIELD_BYTES = 256 * 1024;
 const DRAIN_QUIET_MS = 50;
 const HANDSHAKE_MS = 10_000;
-const EVENT_BATCH = 64;
-const ACCEPT_ERROR_PAUSE_MS = 100;
+const EVENT_BATCH = 128;
+const ACCEPT_STORM_PAUSE_MS = 50;
 
 export function zmqEndpoint([host, port]: Address): string {
   const h = host === "" || host === "0.0.0.0" ? "*" : host.includes(":") ? `[${host}]` : host;
@@ -166,14 +166,23 @@ export class BrokerLink {
   }
 
   /**
-   * The socket's events. zeromq.js resolves each read at once while events are queued, with no
-   * limit, and a listener out of descriptors (EMFILE) queues a failed accept on every attempt:
-   * read without pause, that stream would keep the event loop from ever running a timer or a
-   * socket again. So the loop gives the event loop a turn every EVENT_BATCH events, and pauses
-   * after a failed accept (those that come meanwhile are dropped by libzmq, not queued).
+   * The socket's events. libzmq sends each one to the observer's queue (an inproc PAIR, about
+   * 1000 events deep) with a blocking send from its I/O thread: while that queue is full, the
+   * I/O thread waits in that send and does nothing else, for any connection of this socket (no
+   * accept, no disconnect, no broker message read). So the queue is read on without a pause
+   * per event, in batches of EVENT_BATCH, each followed by a turn of the event loop
+   * (zeromq.js resolves each read at once while events are queued, with no limit).
+   *
+   * A listener out of descriptors (EMFILE) retries its accept at once and queues a failed
+   * accept each time: read at full speed, that storm would keep this thread and libzmq's busy.
+   * When a whole batch is failed accepts, the next one waits ACCEPT_STORM_PAUSE_MS: libzmq's
+   * thread then blocks in its send in the meantime, which bounds both threads to a few
+   * thousand events a second, and once the flood is over the stale failures still queued are
+   * read within a fraction of a second and the I/O thread goes on with the rest.
    */
   private async watchPeers(): Promise<void> {
-    let events = 0;
+    let batch = 0;
+    let failedAccepts = 0;
     try {
       for await (const event of this.socket.events) {
         if (event.type === "accept") {
@@ -183,11 +192,14 @@ export class BrokerLink {
           this.peers = Math.max(0, this.peers - 1);
           this.handlers.peer("disconnected", event.address);
         } else if (event.type === "accept:error") {
+          failedAccepts++;
           this.handlers.acceptFailed(reasonOf(event.error));
-          await new Promise((r) => setTimeout(r, ACCEPT_ERROR_PAUSE_MS));
-          continue;
         }
-        if (++events % EVENT_BATCH === 0) await new Promise((r) => setImmediate(r));
+        if (++batch < EVENT_BATCH) continue;
+        const storm = failedAccepts === batch;
+        batch = 0;
+        failedAccepts = 0;
+        await new Promise((r) => (storm ? setTimeout(r, ACCEPT_STORM_PAUSE_MS) : setImmediate(r)));
       }
     } catch {
       // The event stream ends with the socket.
