@@ -78,13 +78,14 @@ export async function measureRedisRun(shape: RedisShape, variant: RedisVariant, 
   const servers: Server[] = [];
   const children: Child[] = []; // the clients, then the sender
   try {
-    let extra = ["http: {enabled: true, on_websocket_port: true}"];
+    const extra = ["http: {enabled: true, on_websocket_port: true}"];
+    let store: string[] = [];
     if (variant !== "memory") {
       redis = await startRedis();
-      extra = [...extra, `store: {kind: redis, redis: {url: "unix://${redis.socket}?db=0"}}`];
+      store = ["kind: redis", `redis: {url: "unix://${redis.socket}?db=0"}`];
     }
     const nodes = variant === "redis-3" ? 3 : 1;
-    for (let i = 0; i < nodes; i++) servers.push(await startServer(target, BENCH_RETENTION, settings, { extraConfig: extra }));
+    for (let i = 0; i < nodes; i++) servers.push(await startServer(target, BENCH_RETENTION, settings, { extraConfig: extra, store }));
     const ingest = servers[0];
     const subscriberNodes = variant === "redis-3" ? servers.slice(1) : [ingest];
     const perChannel = 2 / subscriberNodes.length;

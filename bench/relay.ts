@@ -44,7 +44,14 @@ export type RelaySettings = {
   serverLog: string;
 };
 
-function configYaml(wsPort: number, zmqPort: number, level: string, retention: Retention, keepalive: number, extra: string[] = []): string {
+/**
+ * Channels that only browsers have asked for are capped (store.max_waiting_channels, 10,000 by
+ * default, past it subscriptions are closed with 4001): the idle connections of shape c and the
+ * scaling rows each wait on a channel of their own, so the bench raises the cap out of the way.
+ */
+const MAX_WAITING_CHANNELS = 1_000_000;
+
+function configYaml(wsPort: number, zmqPort: number, level: string, retention: Retention, keepalive: number, extra: string[], store: string[]): string {
   const ret = Object.entries(retention)
     .map(([k, v]) => `${k}: ${v}`)
     .join(", ");
@@ -56,6 +63,7 @@ function configYaml(wsPort: number, zmqPort: number, level: string, retention: R
     `limits: {max_buffered_bytes: 4194304, subscribe_timeout: 3600}`,
     `keepalive: {interval: ${keepalive}}`,
     `websocket: {permessage_deflate: false}`,
+    `store: {${[`max_waiting_channels: ${MAX_WAITING_CHANNELS}`, ...store].join(", ")}}`,
     ...extra,
     "",
   ].join("\n");
@@ -99,7 +107,8 @@ export type Server = {
   onLine: ((line: string) => void) | null;
 };
 
-export type ServerOptions = { level?: string; extraConfig?: string[]; nodeArgs?: string[] };
+/** extraConfig: more top-level YAML lines; store: more `key: value` entries of the `store:` section. */
+export type ServerOptions = { level?: string; extraConfig?: string[]; store?: string[]; nodeArgs?: string[] };
 
 export async function startServer(target: TargetName, retention: Retention, settings: RelaySettings, opts: ServerOptions = {}): Promise<Server> {
   const level = opts.level ?? "warning";
@@ -109,7 +118,7 @@ export async function startServer(target: TargetName, retention: Retention, sett
   while (zmqPort === wsPort) zmqPort = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "recodex-bench-"));
   const cfg = join(dir, "config.yml");
-  writeFileSync(cfg, configYaml(wsPort, zmqPort, level, retention, settings.keepalive, opts.extraConfig));
+  writeFileSync(cfg, configYaml(wsPort, zmqPort, level, retention, settings.keepalive, opts.extraConfig ?? [], opts.store ?? []));
   const [cmd, args] =
     target === "floor"
       ? [RELAY_NODE, [...nodeArgs, join(BENCH, "floor.ts"), String(wsPort), String(zmqPort)]]

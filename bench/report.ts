@@ -243,7 +243,7 @@ export function report(results: RunResult[], startups: Startup[], bare: number[]
         "",
       );
     }
-    T.push(`| where | target | measured (${mon === undefined ? "-" : targetLabel(mon, versions)} vs ${targetLabel("floor", versions)}) | |`, "|---|---|---|---|", ...verdicts, "");
+    T.push(`| where | target | measured${mon === undefined ? "" : `: ${targetLabel(mon, versions)} vs ${targetLabel("floor", versions)}`} | |`, "|---|---|---|---|", ...verdicts, "");
     L.splice(targetsAt, 0, ...T);
   }
   L.push("## Runs", "", "| shape | server | round | frames | frames/s | CPU µs/frame | paced p99 (ms) | gen. CPU µs/frame | other load (cores) | KB/idle conn | faults | exit |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");

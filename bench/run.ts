@@ -25,7 +25,7 @@ import { measureRedisRun, redisShapeMissing, type RedisRunResult } from "./redis
 import { BENCH, BINARY, MONITOR_SRC, RELAY_NODE, nodeVersionOf, type RelaySettings, type TargetName } from "./relay.ts";
 import { f0, f1, f2, redisReport, report, scalingReport, type Versions } from "./report.ts";
 import { nowNs } from "./sampling.ts";
-import { measureScaling, type ScalingRow } from "./scaling.ts";
+import { SCALING_KEYS, measureScaling, type ScalingKey, type ScalingRow } from "./scaling.ts";
 import {
   FULL_REDIS_SHAPE,
   FULL_SCALING,
@@ -61,6 +61,7 @@ const OUT = option("--out", SMALL || SCALING_ONLY ? "" : join(BENCH, SOAK ? "SOA
 const STARTUP = !flag("--no-startup") && !SCALING_ONLY;
 const SCALING = SCALING_ONLY || (!SMOKE && !flag("--no-scaling") && SHAPES_WANTED === "");
 const STATE_BYTES = Number(option("--state-mb", String((QUICK ? QUICK_STATE_BYTES : SMOKE ? 0 : FULL_STATE_BYTES) / 1048576))) * 1048576;
+const SCALING_ROWS = option("--rows", SCALING_KEYS.join(",")).split(",") as ScalingKey[];
 const STARTS = Number(option("--starts", SMALL ? "3" : "10"));
 const SETTINGS: RelaySettings = {
   nodeArgs: option("--node-args", "").split(" ").filter((a) => a !== ""),
@@ -124,7 +125,7 @@ async function main(): Promise<void> {
 
   if (SCALING_ONLY) {
     if (monitor === null) throw new Error("--scaling needs a monitor target");
-    const rows = await measureScaling(monitor, QUICK ? QUICK_SCALING : FULL_SCALING, SETTINGS, (l) => console.error(l));
+    const rows = await measureScaling(monitor, QUICK ? QUICK_SCALING : FULL_SCALING, SETTINGS, (l) => console.error(l), SCALING_ROWS);
     const text = scalingReport(rows, monitor, QUICK ? QUICK_SCALING : FULL_SCALING, versions);
     if (OUT) writeFileSync(OUT, text);
     console.log(text);
@@ -196,7 +197,7 @@ async function main(): Promise<void> {
   let scaling: ScalingRow[] = [];
   if (SCALING && monitor !== null) {
     console.error(`scaling: ${monitor}`);
-    scaling = await measureScaling(monitor, QUICK ? QUICK_SCALING : FULL_SCALING, SETTINGS, (l) => console.error(l));
+    scaling = await measureScaling(monitor, QUICK ? QUICK_SCALING : FULL_SCALING, SETTINGS, (l) => console.error(l), SCALING_ROWS);
   }
   const mode = SMOKE ? "smoke" : QUICK ? "quick" : "full";
   let text = report(results, startups, bare, stateStartup, (nowNs() - t0) / 1e9, { mode, rounds: ROUNDS, shapes: SHAPES, versions, scaling });

@@ -183,9 +183,11 @@ const ROWS: { key: ScalingKey; run: RowRun; retention: Record<string, number> }[
 ];
 
 /** Every row against `target` (a monitor: it needs /metrics), one fresh process per row. */
-export async function measureScaling(target: TargetName, sizes: ScalingSizes, settings: RelaySettings, progress: (line: string) => void): Promise<ScalingRow[]> {
+export const SCALING_KEYS: ScalingKey[] = ROWS.map((r) => r.key);
+
+export async function measureScaling(target: TargetName, sizes: ScalingSizes, settings: RelaySettings, progress: (line: string) => void, only: ScalingKey[] = SCALING_KEYS): Promise<ScalingRow[]> {
   const rows: ScalingRow[] = [];
-  for (const { key, run, retention } of ROWS) {
+  for (const { key, run, retention } of ROWS.filter((r) => only.includes(r.key))) {
     const rig = await openRig(target, settings, 1, retention, { extraConfig: [HTTP] });
     rig.cpu = cpuMicrosFine;
     const points: ScalingPoint[] = [];

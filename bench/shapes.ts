@@ -59,8 +59,8 @@ export const FULL_SCALING: ScalingSizes = {
   fanoutConnections: 1000,
   replay: [100, 1000, 10000],
   liveJobs: 100,
-  liveWaves: 8,
-  fanoutWaves: 3,
+  liveWaves: 12,
+  fanoutWaves: 4,
   replayJoiners: 5,
 };
 

@@ -33,7 +33,7 @@ const STATE_RETENTION = { ...SCALING_RETENTION, max_total_bytes: 2 * 1073741824 
 export async function measureStateStartup(target: TargetName, bytes: number, starts: number, settings: RelaySettings): Promise<StateStartup> {
   const dir = mkdtempSync(join(tmpdir(), "recodex-bench-state-"));
   const path = join(dir, "channels.state");
-  const extraConfig = [`store: {state_file: ${JSON.stringify(path)}}`];
+  const store = [`state_file: ${JSON.stringify(path)}`];
   const out: StateStartup = { target, fileBytes: NaN, channels: 0, messages: 0, readyMs: [], stopMs: [], badRestores: 0, exitCodes: [] };
   try {
     // Fed until the kept bytes reach a guess of the file's size, stopped (the file is written),
@@ -41,7 +41,7 @@ export async function measureStateStartup(target: TargetName, bytes: number, sta
     let goal = bytes / 1.8; // a file holds ~1.8 bytes per stored byte (JSON-escaped history, one line per channel)
     let from = 0;
     for (;;) {
-      const rig = await openRig(target, settings, 1, STATE_RETENTION, { extraConfig: [...extraConfig, "http: {enabled: true, on_websocket_port: true}"] });
+      const rig = await openRig(target, settings, 1, STATE_RETENTION, { store, extraConfig: ["http: {enabled: true, on_websocket_port: true}"] });
       try {
         for (;;) {
           const m = await scrapeMetrics(rig.server.wsPort);
@@ -73,7 +73,7 @@ export async function measureStateStartup(target: TargetName, bytes: number, sta
     }
     const restoredLine = new RegExp(`restored: ${out.channels} channels`);
     for (let i = 0; i < starts; i++) {
-      const s = await startServer(target, STATE_RETENTION, settings, { level: "info", extraConfig });
+      const s = await startServer(target, STATE_RETENTION, settings, { level: "info", store });
       out.readyMs.push(s.readyMs);
       // the log line is written before the ports are bound; the pipe may deliver it a moment later
       const deadline = performance.now() + 5000;
