@@ -10,7 +10,8 @@ type Cmd =
   | { type: "init"; wsPort: number }
   | { type: "subscribe"; tag: number; wave: number; count: number; perChannel: number }
   | { type: "abortWave" }
-  | { type: "idle"; tag: number; count: number }
+  | { type: "idle"; tag: number; count: number; offset?: number }
+  | { type: "late"; channel: string; expect: number }
   | { type: "idleClose" }
   | { type: "stats" }
   | { type: "soakStart"; tag: number; concurrent: number; seed: number }
@@ -192,10 +193,11 @@ let idle: WebSocket[] = [];
 let idleUnexpected = 0;
 let idleClosedByServer = 0;
 
-async function openIdle(tag: number, count: number): Promise<void> {
+/** Open `count` more idle connections, to the channels `offset`.. of the idle wave (0xfffe). */
+async function openIdle(tag: number, count: number, offset: number): Promise<void> {
   const t0 = nowNs();
   const ok = await openMany(count, (i, done) => {
-    const ws = subscribe(channelId(tag, 0xfffe, i), done);
+    const ws = subscribe(channelId(tag, 0xfffe, offset + i), done);
     ws.on("message", () => idleUnexpected++);
     ws.on("close", () => idleClosedByServer++);
     idle.push(ws);
@@ -212,6 +214,49 @@ function closeIdle(): void {
   }
   idle = [];
   report({ type: "idleClosed", unexpected: idleUnexpected, closedByServer });
+}
+
+// ---- a late joiner: the whole history of a channel the sender preloaded -------------------------
+/**
+ * Subscribe to `channel` once its history is kept and receive it: `expect` frames, the job's
+ * messages in order (TASK ids `<k>:...`), then the 1000 close after FINISHED. Reports the time
+ * from sending the channel id to the close, and to the last frame.
+ */
+function lateJoiner(channel: string, expect: number): void {
+  const ws = new WebSocket(url, WS_OPTIONS);
+  let t0 = 0;
+  let last = 0;
+  let got = 0;
+  let reordered = 0;
+  let malformed = 0;
+  let prev = -1;
+  ws.on("open", () => {
+    t0 = nowNs();
+    ws.send(channel);
+  });
+  ws.on("message", (data: Buffer) => {
+    last = nowNs();
+    got++;
+    const s = data.toString("latin1");
+    let k: number;
+    if (s.startsWith(TASK_PREFIX)) k = Number(s.slice(TASK_PREFIX.length, s.indexOf(":", TASK_PREFIX.length)));
+    else if (s === FIXED_JSON.DOWNLOADED) k = 0;
+    else if (s === FIXED_JSON.STARTED) k = 1;
+    else if (s === FIXED_JSON.ENDED) k = expect - 3;
+    else if (s === FIXED_JSON.UPLOADED) k = expect - 2;
+    else if (s === FIXED_JSON.FINISHED) k = expect - 1;
+    else {
+      malformed++;
+      return;
+    }
+    if (k !== prev + 1) reordered++;
+    prev = k;
+  });
+  ws.on("error", () => {});
+  ws.on("close", (code: number) => {
+    const end = nowNs();
+    report({ type: "lateDone", got, lost: Math.max(0, expect - got), reordered, malformed, code, ms: (end - t0) / 1e6, lastMs: (last - t0) / 1e6 });
+  });
 }
 
 // ---- soak: churning subscribers -------------------------------------------------------------------
@@ -297,7 +342,10 @@ process.on("message", (raw) => {
       break;
     }
     case "idle":
-      void openIdle(cmd.tag, cmd.count);
+      void openIdle(cmd.tag, cmd.count, cmd.offset ?? 0);
+      break;
+    case "late":
+      lateJoiner(cmd.channel, cmd.expect);
       break;
     case "idleClose":
       closeIdle();

@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Child, nextTag } from "./generators.ts";
-import { scrapeMetrics, startServer, stopServer, type RelaySettings, type Server } from "./relay.ts";
+import { scrapeMetrics, startServer, stopServer, type RelaySettings, type Server, type TargetName } from "./relay.ts";
 import { cpuMicros, sleep, systemBusyMicros, type LatencySummary } from "./sampling.ts";
 import { BENCH_RETENTION, type RedisShape, type RedisVariant } from "./shapes.ts";
 
@@ -73,18 +73,19 @@ async function stopRedis(r: Redis): Promise<void> {
 }
 
 /** One run of `variant`: a warm-up wave, the saturated waves, the paced waves. */
-export async function measureRedisRun(shape: RedisShape, variant: RedisVariant, round: number, settings: RelaySettings): Promise<RedisRunResult> {
+export async function measureRedisRun(shape: RedisShape, variant: RedisVariant, round: number, settings: RelaySettings, target: TargetName = "monitor"): Promise<RedisRunResult> {
   let redis: Redis | null = null;
   const servers: Server[] = [];
   const children: Child[] = []; // the clients, then the sender
   try {
-    let extra = ["http: {enabled: true, on_websocket_port: true}"];
+    const extra = ["http: {enabled: true, on_websocket_port: true}"];
+    let store: string[] = [];
     if (variant !== "memory") {
       redis = await startRedis();
-      extra = [...extra, `store: {kind: redis, redis: {url: "unix://${redis.socket}?db=0"}}`];
+      store = ["kind: redis", `redis: {url: "unix://${redis.socket}?db=0"}`];
     }
     const nodes = variant === "redis-3" ? 3 : 1;
-    for (let i = 0; i < nodes; i++) servers.push(await startServer("monitor", BENCH_RETENTION, settings, { extraConfig: extra }));
+    for (let i = 0; i < nodes; i++) servers.push(await startServer(target, BENCH_RETENTION, settings, { extraConfig: extra, store }));
     const ingest = servers[0];
     const subscriberNodes = variant === "redis-3" ? servers.slice(1) : [ingest];
     const perChannel = 2 / subscriberNodes.length;

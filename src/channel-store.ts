@@ -49,9 +49,20 @@ export interface Snapshot {
   readonly channels: SavedChannel[];
 }
 
+/**
+ * The subscribers of a channel that has none: shared by all of them (most kept channels are
+ * finished and watched by nobody, and an empty Set is a few hundred bytes). Never changed.
+ */
+class NoSubscribers extends Set<Subscriber> {
+  override add(): this {
+    throw new Error("NO_SUBSCRIBERS is shared: give the channel a Set of its own first");
+  }
+}
+const NO_SUBSCRIBERS: Set<Subscriber> = new NoSubscribers();
+
 export class Channel implements ChannelInfo {
   readonly id: string;
-  readonly subscribers = new Set<Subscriber>();
+  subscribers: Set<Subscriber> = NO_SUBSCRIBERS;
   /** Kept messages are history[head..]; older ones were dropped at a cap. */
   // History is kept as strings rather than Buffers: small Buffers are slices of shared 8 KB
   // slabs, and one kept message would pin a whole slab long after its neighbours are gone.
@@ -207,7 +218,7 @@ export class ChannelStore implements Store {
       const waiting = this.waiting.get(id);
       if (waiting !== undefined) {
         this.waiting.delete(id);
-        for (const sub of waiting.subs) ch.subscribers.add(sub);
+        ch.subscribers = new Set(waiting.subs);
       }
     } else if (ch.finishedAt !== 0) {
       this.counters.late++;
@@ -242,8 +253,13 @@ export class ChannelStore implements Store {
       ch.finishedAt = now;
       this.live.delete(id);
       this.finished.set(id, ch);
-      for (const sub of ch.subscribers) sub.end(CLOSE.FINISHED);
-      ch.subscribers.clear();
+      const subs = ch.subscribers;
+      ch.subscribers = NO_SUBSCRIBERS;
+      for (const sub of subs) sub.end(CLOSE.FINISHED);
+      // It is kept until finished_ttl, read only by late joiners: its history as an array of
+      // its exact size, without the room that pushing left for more.
+      ch.history = ch.history.slice(ch.head);
+      ch.head = 0;
     }
     if (this.totalBytes > this.limits.max_total_bytes) this.enforceTotal(ch);
   }
@@ -271,6 +287,7 @@ export class ChannelStore implements Store {
     if (ch.finishedAt !== 0) {
       sub.end(CLOSE.FINISHED);
     } else {
+      if (ch.subscribers === NO_SUBSCRIBERS) ch.subscribers = new Set();
       ch.subscribers.add(sub);
     }
   }
@@ -468,7 +485,7 @@ export class ChannelStore implements Store {
     this.totalBytes -= ch.bytes;
     this.totalMessages -= ch.kept;
     const subs = [...ch.subscribers];
-    ch.subscribers.clear();
+    ch.subscribers = NO_SUBSCRIBERS;
     for (const sub of subs) sub.end(close);
     this.hooks.dropped?.(ch, cause);
   }
