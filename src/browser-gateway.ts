@@ -227,7 +227,10 @@ export class BrowserGateway {
     // peers are connected than the one broker there should be (libzmq's own report of a
     // failed accept does not always arrive when the process is out of descriptors).
     const suspect = this.sockets * 2 >= this.maxConnections || brokerPeers >= SUSPECT_BROKER_PEERS;
-    if (now - this.fdCheckedAt >= FD_CHECK_MS && suspect) {
+    // While ZeroMQ peers pile up, every tick: the junk is dropped FD_CHECK_MS after its accept
+    // (the handshake limit), and an exhaustion that lasts that long must be seen.
+    const every = brokerPeers >= SUSPECT_BROKER_PEERS ? 0 : FD_CHECK_MS;
+    if (now - this.fdCheckedAt >= every && suspect) {
       this.fdCheckedAt = now;
       this.checkOpenFiles(brokerPeers);
     }
