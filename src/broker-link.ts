@@ -26,6 +26,14 @@ const YIELD_BYTES = 256 * 1024;
 const DRAIN_QUIET_MS = 50;
 const HANDSHAKE_MS = 10_000;
 const CHECKED_READS = 8;
+/**
+ * A wait for the next message ends after this long and starts again. zeromq.js learns that a
+ * message has come from the socket's notification descriptor, which signals once: whoever
+ * asks libzmq for the socket's state first (here: drain() asking whether anything is still
+ * readable) takes that signal, and a wait without an end would then never see the messages
+ * already queued. Ending each wait bounds such a miss to this long.
+ */
+const WAIT_SLICE_MS = 100;
 const EVENT_BATCH = 128;
 const ACCEPT_STORM_PAUSE_MS = 50;
 
@@ -52,7 +60,13 @@ export class BrokerLink {
     // allocated here: a hard ceiling far above any real message.
     // A peer that has not finished the ZeroMQ handshake within HANDSHAKE_MS is dropped, so
     // that connections that never speak ZMTP free their descriptors soon.
-    this.socket = new zmq.Router({ routingId: ROUTING_ID, linger: 0, maxMessageSize: MAX_FRAME_BYTES, handshakeInterval: HANDSHAKE_MS });
+    this.socket = new zmq.Router({
+      routingId: ROUTING_ID,
+      linger: 0,
+      maxMessageSize: MAX_FRAME_BYTES,
+      handshakeInterval: HANDSHAKE_MS,
+      receiveTimeout: WAIT_SLICE_MS,
+    });
   }
 
   setLimits(maxChannelLength: number, maxMessageLength: number): void {
@@ -112,28 +126,28 @@ export class BrokerLink {
           if (this.closed) break;
         }
         let frames: Buffer[];
-        if (burst > 0) {
-          if (burst < CHECKED_READS && !socket.readable) {
+        try {
+          if (burst > 0 && burst < CHECKED_READS && !socket.readable) {
             burst = 0;
-            socket.receiveTimeout = -1;
+            socket.receiveTimeout = WAIT_SLICE_MS;
             continue;
           }
-          try {
-            frames = await socket.receive();
-          } catch (err) {
-            if ((err as { code?: string }).code !== "EAGAIN" || this.closed) throw err;
-            burst = 0;
-            socket.receiveTimeout = -1;
-            continue;
-          }
-          burst++;
-        } else {
           frames = await socket.receive();
-          // One more message already waiting means a burst: read it without asking again.
-          if (!POLL_ONLY && socket.readable) {
-            burst = 1;
-            socket.receiveTimeout = 0;
+        } catch (err) {
+          // EAGAIN: a burst is over, or a wait's slice ran out (see WAIT_SLICE_MS).
+          if ((err as { code?: string }).code !== "EAGAIN" || this.closed) throw err;
+          if (burst > 0) {
+            burst = 0;
+            socket.receiveTimeout = WAIT_SLICE_MS;
           }
+          continue;
+        }
+        if (burst > 0) {
+          burst++;
+        } else if (!POLL_ONLY && socket.readable) {
+          // One more message already waiting means a burst: read it without asking again.
+          burst = 1;
+          socket.receiveTimeout = 0;
         }
         for (let i = 1; i < frames.length; i++) receivedBytes += frames[i].length;
         const parsed = parseFrames(frames, 1, this.maxChannelLength, this.maxMessageLength);
