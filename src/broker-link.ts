@@ -26,14 +26,6 @@ const YIELD_BYTES = 256 * 1024;
 const DRAIN_QUIET_MS = 50;
 const HANDSHAKE_MS = 10_000;
 const CHECKED_READS = 8;
-/**
- * A wait for the next message ends after this long and starts again. zeromq.js learns that a
- * message has come from the socket's notification descriptor, which signals once: whoever
- * asks libzmq for the socket's state first (here: drain() asking whether anything is still
- * readable) takes that signal, and a wait without an end would then never see the messages
- * already queued. Ending each wait bounds such a miss to this long.
- */
-const WAIT_SLICE_MS = 100;
 const EVENT_BATCH = 128;
 const ACCEPT_STORM_PAUSE_MS = 50;
 
@@ -49,6 +41,8 @@ export class BrokerLink {
   private maxMessageLength: number;
   private closed = false;
   private loop: Promise<void> | null = null;
+  /** Messages the receive loop has taken from the socket (drain() watches it). */
+  private taken = 0;
   peers = 0;
   endpoint = "";
 
@@ -65,7 +59,6 @@ export class BrokerLink {
       linger: 0,
       maxMessageSize: MAX_FRAME_BYTES,
       handshakeInterval: HANDSHAKE_MS,
-      receiveTimeout: WAIT_SLICE_MS,
     });
   }
 
@@ -129,19 +122,18 @@ export class BrokerLink {
         try {
           if (burst > 0 && burst < CHECKED_READS && !socket.readable) {
             burst = 0;
-            socket.receiveTimeout = WAIT_SLICE_MS;
+            socket.receiveTimeout = -1;
             continue;
           }
           frames = await socket.receive();
         } catch (err) {
-          // EAGAIN: a burst is over, or a wait's slice ran out (see WAIT_SLICE_MS).
-          if ((err as { code?: string }).code !== "EAGAIN" || this.closed) throw err;
-          if (burst > 0) {
-            burst = 0;
-            socket.receiveTimeout = WAIT_SLICE_MS;
-          }
+          // EAGAIN: the burst is over.
+          if ((err as { code?: string }).code !== "EAGAIN" || burst === 0 || this.closed) throw err;
+          burst = 0;
+          socket.receiveTimeout = -1;
           continue;
         }
+        this.taken++;
         if (burst > 0) {
           burst++;
         } else if (!POLL_ONLY && socket.readable) {
@@ -163,19 +155,29 @@ export class BrokerLink {
   /**
    * Lets the receive loop take every message the socket has already received (libzmq holds
    * them until read, and a close would throw them away), then closes it and waits for the
-   * loop to have handled the last one. The socket counts as drained once nothing has been
-   * readable for DRAIN_QUIET_MS: libzmq refills its queue from TCP in its own thread, so an
+   * loop to have handled the last one. The socket counts as drained once the loop has taken
+   * nothing for DRAIN_QUIET_MS: libzmq refills its queue from TCP in its own thread, so an
    * empty queue for a moment is not the end. Messages the broker sends after that are the
    * broker's to lose; it reconnects to the next process by itself.
+   *
+   * It watches the loop's count of messages taken, and never asks the socket whether it is
+   * readable: zeromq.js learns that a message has come from the socket's notification
+   * descriptor, which signals once, and a question asked while the loop waits would take that
+   * signal from the loop, which would then wait forever on messages already queued.
    */
   async drain(timeoutMs: number): Promise<void> {
     const deadline = performance.now() + timeoutMs;
     let quietSince = performance.now();
+    let seen = this.taken;
     while (!this.closed && performance.now() < deadline) {
       const now = performance.now();
-      if (this.socket.readable) quietSince = now;
-      else if (now - quietSince >= DRAIN_QUIET_MS) break;
-      await new Promise((r) => (this.socket.readable ? setImmediate(r) : setTimeout(r, 1)));
+      if (this.taken !== seen) {
+        seen = this.taken;
+        quietSince = now;
+      } else if (now - quietSince >= DRAIN_QUIET_MS) {
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 1));
     }
     this.close();
     await this.loop?.catch(() => {});
