@@ -41,6 +41,8 @@ export class BrokerLink {
   private maxMessageLength: number;
   private closed = false;
   private loop: Promise<void> | null = null;
+  /** Messages the receive loop has taken from the socket (drain() watches it). */
+  private taken = 0;
   peers = 0;
   endpoint = "";
 
@@ -52,7 +54,12 @@ export class BrokerLink {
     // allocated here: a hard ceiling far above any real message.
     // A peer that has not finished the ZeroMQ handshake within HANDSHAKE_MS is dropped, so
     // that connections that never speak ZMTP free their descriptors soon.
-    this.socket = new zmq.Router({ routingId: ROUTING_ID, linger: 0, maxMessageSize: MAX_FRAME_BYTES, handshakeInterval: HANDSHAKE_MS });
+    this.socket = new zmq.Router({
+      routingId: ROUTING_ID,
+      linger: 0,
+      maxMessageSize: MAX_FRAME_BYTES,
+      handshakeInterval: HANDSHAKE_MS,
+    });
   }
 
   setLimits(maxChannelLength: number, maxMessageLength: number): void {
@@ -112,28 +119,27 @@ export class BrokerLink {
           if (this.closed) break;
         }
         let frames: Buffer[];
-        if (burst > 0) {
-          if (burst < CHECKED_READS && !socket.readable) {
+        try {
+          if (burst > 0 && burst < CHECKED_READS && !socket.readable) {
             burst = 0;
             socket.receiveTimeout = -1;
             continue;
           }
-          try {
-            frames = await socket.receive();
-          } catch (err) {
-            if ((err as { code?: string }).code !== "EAGAIN" || this.closed) throw err;
-            burst = 0;
-            socket.receiveTimeout = -1;
-            continue;
-          }
-          burst++;
-        } else {
           frames = await socket.receive();
+        } catch (err) {
+          // EAGAIN: the burst is over.
+          if ((err as { code?: string }).code !== "EAGAIN" || burst === 0 || this.closed) throw err;
+          burst = 0;
+          socket.receiveTimeout = -1;
+          continue;
+        }
+        this.taken++;
+        if (burst > 0) {
+          burst++;
+        } else if (!POLL_ONLY && socket.readable) {
           // One more message already waiting means a burst: read it without asking again.
-          if (!POLL_ONLY && socket.readable) {
-            burst = 1;
-            socket.receiveTimeout = 0;
-          }
+          burst = 1;
+          socket.receiveTimeout = 0;
         }
         for (let i = 1; i < frames.length; i++) receivedBytes += frames[i].length;
         const parsed = parseFrames(frames, 1, this.maxChannelLength, this.maxMessageLength);
@@ -149,19 +155,29 @@ export class BrokerLink {
   /**
    * Lets the receive loop take every message the socket has already received (libzmq holds
    * them until read, and a close would throw them away), then closes it and waits for the
-   * loop to have handled the last one. The socket counts as drained once nothing has been
-   * readable for DRAIN_QUIET_MS: libzmq refills its queue from TCP in its own thread, so an
+   * loop to have handled the last one. The socket counts as drained once the loop has taken
+   * nothing for DRAIN_QUIET_MS: libzmq refills its queue from TCP in its own thread, so an
    * empty queue for a moment is not the end. Messages the broker sends after that are the
    * broker's to lose; it reconnects to the next process by itself.
+   *
+   * It watches the loop's count of messages taken, and never asks the socket whether it is
+   * readable: zeromq.js learns that a message has come from the socket's notification
+   * descriptor, which signals once, and a question asked while the loop waits would take that
+   * signal from the loop, which would then wait forever on messages already queued.
    */
   async drain(timeoutMs: number): Promise<void> {
     const deadline = performance.now() + timeoutMs;
     let quietSince = performance.now();
+    let seen = this.taken;
     while (!this.closed && performance.now() < deadline) {
       const now = performance.now();
-      if (this.socket.readable) quietSince = now;
-      else if (now - quietSince >= DRAIN_QUIET_MS) break;
-      await new Promise((r) => (this.socket.readable ? setImmediate(r) : setTimeout(r, 1)));
+      if (this.taken !== seen) {
+        seen = this.taken;
+        quietSince = now;
+      } else if (now - quietSince >= DRAIN_QUIET_MS) {
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 1));
     }
     this.close();
     await this.loop?.catch(() => {});
