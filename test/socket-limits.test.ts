@@ -140,7 +140,7 @@ test("if the process does run out of descriptors (a flood on the ZeroMQ port), i
   const report = /ZeroMQ could not accept a broker connection: EMFILE|no file descriptor left, near the open-files limit 256|files open, near the open-files limit 256/;
 
   // Out of descriptors until the monitor drops the junk for not finishing the ZeroMQ
-  // handshake (10 s after its accept): meanwhile the monitor says so, and mostly sleeps.
+  // handshake (10 s after its accept): meanwhile the monitor says so, and stays nearly idle.
   await exhaust();
   const cpu0 = cpuSeconds(pid);
   const wall0 = performance.now();
