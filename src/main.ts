@@ -10,6 +10,9 @@ import { EXIT, MonitorError, reasonOf } from "./errors.ts";
 import type { Log } from "./logger.ts";
 import { printable } from "./printable.ts";
 import type { Monitor } from "./monitor.ts";
+
+/** Set by commands that must let node exit on its own (send: see there). */
+let exitNaturally = false;
 import { notifyReady } from "./systemd.ts";
 
 const USAGE = `Usage: recodex-monitor [-c FILE] [--check-config]
@@ -175,6 +178,10 @@ Exit 0 when sent; 8 when the monitor cannot be reached.
       checkChannel(channel, config);
       const url = config === null ? urlOption(values.zmq, "--zmq", /^tcp:\/\/.+:\d+$/, "tcp://HOST:PORT") : (await import("./monitor-client.ts")).monitorUrls(config).zmq;
       const interval = values.interval === undefined ? 0 : seconds(values.interval, 0, "--interval", true);
+      // The messages may still be in libzmq's queue when the last send resolves; zeromq.js
+      // waits for them (up to the socket's linger) only when node exits on its own, not
+      // from process.exit().
+      exitNaturally = true;
       return runSend({ url, channel, messages, intervalMs: interval * 1000, timeoutMs: timeout }, print);
     },
   },
@@ -437,6 +444,9 @@ async function run(loaded: LoadedConfig): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  (code) => {
+    if (exitNaturally) process.exitCode = code;
+    else process.exit(code);
+  },
   (err) => process.exit(fail(err)),
 );
