@@ -62,6 +62,12 @@ const ARCHES = {
 // Only the glibc-127 builds load on glibc 2.28..2.37 hosts (the others need glibc 2.38).
 const addonOf = (arch) => path.join(root, `node_modules/zeromq/build/linux/${arch}/node/glibc-127-Release/addon.node`);
 const LOADER = path.join(root, "packaging/zeromq-loader.cjs");
+// Node options baked into the binary (the SEA config's execArgv; NODE_OPTIONS still adds to
+// them). A young generation capped at 4 MB per semi-space: left to itself, V8 grows it to
+// 16 MB in the monitor, because kept history survives, and each scavenge then stops the loop
+// for 3-6 ms instead of ~1 ms, which is what the paced p99 of the benchmark measured (issue 13;
+// bench/README.md, "What each lever bought").
+const V8_OPTIONS = ["--max-semi-space-size=4"];
 const SENTINEL = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
 
 const arches = opts.arch === "all" ? Object.keys(ARCHES) : [opts.arch];
@@ -201,6 +207,7 @@ async function buildExecutable(arch) {
         useSnapshot: false,
         useCodeCache: arch === "x64" && !opts.reproducible,
         assets: { "zeromq.node": "zeromq.node" },
+        execArgv: V8_OPTIONS,
       },
       null,
       2,

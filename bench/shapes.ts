@@ -24,8 +24,8 @@ export const SMOKE_SHAPES: Shape[] = [
 ];
 
 export const FULL_SHAPES: Shape[] = [
-  { key: "a", title: "100 channels x 1 client", channels: 100, perChannel: 1, idle: 0, satWaves: 10, pacedWaves: 2, pacedChannels: 100, pacedRate: 5000 },
-  { key: "b", title: "1,000 channels x 2 clients", channels: 1000, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 1, pacedChannels: 250, pacedRate: 5000 },
+  { key: "a", title: "100 channels x 1 client", channels: 100, perChannel: 1, idle: 0, satWaves: 10, pacedWaves: 6, pacedChannels: 100, pacedRate: 5000 },
+  { key: "b", title: "1,000 channels x 2 clients", channels: 1000, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 2, pacedChannels: 250, pacedRate: 5000 },
   { key: "c", title: "10,000 idle + 100 channels x 1", channels: 100, perChannel: 1, idle: 10000, satWaves: 8, pacedWaves: 2, pacedChannels: 100, pacedRate: 5000 },
   { key: "i", title: "2,000 idle subscribed connections", channels: 100, perChannel: 1, idle: 2000, satWaves: 0, pacedWaves: 0, pacedChannels: 0, pacedRate: 0 },
 ];

@@ -281,16 +281,15 @@ export class Client implements Subscriber {
       this.cut(CLOSE.SLOW_CLIENT);
       return;
     }
-    const socket = this.socket;
-    socket.cork();
-    if (!this.raw) {
+    if (this.raw) {
+      this.writeRaw(frames, offsets);
+    } else {
+      this.socket.cork();
       for (let i = 0; i < frames.length; i++) {
         this.ws.send(offsets[i] === AS_IS ? frames[i] : withOffset(frames[i], offsets[i]), SEND_TEXT);
       }
-    } else {
-      this.writeRaw(frames, offsets);
+      this.socket.uncork();
     }
-    socket.uncork();
     counters.sentFrames += frames.length;
     counters.sentBytes += bytes;
   }
@@ -301,6 +300,20 @@ export class Client implements Subscriber {
    * written around the bytes that every client getting it in this turn shares.
    */
   private writeRaw(frames: readonly string[], offsets: readonly number[]): void {
+    let large = false;
+    for (let i = 0; i < frames.length && !large; i++) large = frames[i].length >= SHARE_FROM;
+    // The common case, one buffer: written as it is, since a corked socket would queue it and
+    // copy its bookkeeping once more on uncork.
+    if (!large) {
+      this.socket.write(batch(frames, offsets, 0, frames.length));
+      return;
+    }
+    this.socket.cork();
+    this.writeRuns(frames, offsets);
+    this.socket.uncork();
+  }
+
+  private writeRuns(frames: readonly string[], offsets: readonly number[]): void {
     let from = 0;
     for (let i = 0; i <= frames.length; i++) {
       const large = i < frames.length && frames[i].length >= SHARE_FROM;
