@@ -54,6 +54,8 @@ const CUT_GRACE_MS = 1000;
  */
 export class WriteQueue {
   private dirty: Client[] = [];
+  /** The other of the two lists that dirty alternates between (one is being flushed). */
+  private spare: Client[] = [];
   private readonly payloads = new Map<string, Buffer>();
   private scheduled = false;
   /** Clients with a backlog as of their last flush or check. */
@@ -118,13 +120,17 @@ export class WriteQueue {
   private readonly flush = (): void => {
     this.scheduled = false;
     const dirty = this.dirty;
-    this.dirty = [];
+    const next = this.spare;
+    next.length = 0; // already empty, unless a flush threw half-way
+    this.dirty = next;
+    this.spare = dirty;
     for (let i = 0; i < dirty.length; i++) dirty[i].flush();
     this.payloads.clear();
     // As for one client's bound, what the peers had not taken before this turn decides: a
     // burst written in this turn is not held against clients that read.
     const now = performance.now();
     for (let i = 0; i < dirty.length; i++) this.track(dirty[i], now, dirty[i].waitingBeforeFlush);
+    dirty.length = 0;
     if (this.bufferedBytes > this.limits.maxTotalBufferedBytes) this.enforceTotal(now);
   };
 
