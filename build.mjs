@@ -66,7 +66,7 @@ const LOADER = path.join(root, "packaging/zeromq-loader.cjs");
 // them). A young generation capped at 4 MB per semi-space: left to itself, V8 grows it to
 // 16 MB in the monitor, because kept history survives, and each scavenge then stops the loop
 // for 3-6 ms instead of ~1 ms, which is what the paced p99 of the benchmark measured (issue 13;
-// bench/README.md, "What each lever bought").
+// bench/README.md, "The paced p99").
 const V8_OPTIONS = ["--max-semi-space-size=4"];
 const SENTINEL = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
 

@@ -54,8 +54,6 @@ const CUT_GRACE_MS = 1000;
  */
 export class WriteQueue {
   private dirty: Client[] = [];
-  /** The other of the two lists that dirty alternates between (one is being flushed). */
-  private spare: Client[] = [];
   private readonly payloads = new Map<string, Buffer>();
   private scheduled = false;
   /** Clients with a backlog as of their last flush or check. */
@@ -120,17 +118,13 @@ export class WriteQueue {
   private readonly flush = (): void => {
     this.scheduled = false;
     const dirty = this.dirty;
-    const next = this.spare;
-    next.length = 0; // already empty, unless a flush threw half-way
-    this.dirty = next;
-    this.spare = dirty;
+    this.dirty = [];
     for (let i = 0; i < dirty.length; i++) dirty[i].flush();
     this.payloads.clear();
     // As for one client's bound, what the peers had not taken before this turn decides: a
     // burst written in this turn is not held against clients that read.
     const now = performance.now();
     for (let i = 0; i < dirty.length; i++) this.track(dirty[i], now, dirty[i].waitingBeforeFlush);
-    dirty.length = 0;
     if (this.bufferedBytes > this.limits.maxTotalBufferedBytes) this.enforceTotal(now);
   };
 
@@ -306,39 +300,34 @@ export class Client implements Subscriber {
    * written around the bytes that every client getting it in this turn shares.
    */
   private writeRaw(frames: readonly string[], offsets: readonly number[]): void {
-    let large = false;
-    for (let i = 0; i < frames.length && !large; i++) large = frames[i].length >= SHARE_FROM;
-    // The common case, one buffer: written as it is, since a corked socket would queue it and
-    // copy its bookkeeping once more on uncork.
-    if (!large) {
-      this.socket.write(batch(frames, offsets, 0, frames.length));
-      return;
-    }
-    this.socket.cork();
-    this.writeRuns(frames, offsets);
-    this.socket.uncork();
-  }
-
-  private writeRuns(frames: readonly string[], offsets: readonly number[]): void {
+    const socket = this.socket;
+    let corked = false;
     let from = 0;
     for (let i = 0; i <= frames.length; i++) {
       const large = i < frames.length && frames[i].length >= SHARE_FROM;
       if (i < frames.length && !large) continue;
-      if (i > from) this.socket.write(batch(frames, offsets, from, i));
+      // A large frame means several writes: corked, so that they leave together. One buffer
+      // (the common case) is written as it is: corked, it would be queued and handled again.
+      if (large && !corked) {
+        socket.cork();
+        corked = true;
+      }
+      if (i > from) socket.write(batch(frames, offsets, from, i));
       if (large) {
         const payload = this.queue.sharedPayload(frames[i]);
         if (offsets[i] === AS_IS) {
-          this.socket.write(frameHead("", payload.length));
-          this.socket.write(payload);
+          socket.write(frameHead("", payload.length));
+          socket.write(payload);
         } else {
           // Its own header and offset, the shared message, the closing brace.
-          this.socket.write(frameHead(offsetPrefix(offsets[i]), payload.length + SUFFIX.length));
-          this.socket.write(payload);
-          this.socket.write(SUFFIX);
+          socket.write(frameHead(offsetPrefix(offsets[i]), payload.length + SUFFIX.length));
+          socket.write(payload);
+          socket.write(SUFFIX);
         }
       }
       from = i + 1;
     }
+    if (corked) socket.uncork();
   }
 
   private enqueue(payload: string, offset: number, bytes: number): void {

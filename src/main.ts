@@ -10,9 +10,6 @@ import { EXIT, MonitorError, reasonOf } from "./errors.ts";
 import type { Log } from "./logger.ts";
 import { printable } from "./printable.ts";
 import type { Monitor } from "./monitor.ts";
-
-/** Set by commands that must let node exit on its own (send: see there). */
-let exitNaturally = false;
 import { notifyReady } from "./systemd.ts";
 
 const USAGE = `Usage: recodex-monitor [-c FILE] [--check-config]
@@ -48,8 +45,13 @@ interface Command {
   options: Options;
   /** How many positional arguments it takes. */
   positionals: readonly [min: number, max: number];
+  /** Node is left to exit on its own after run() instead of process.exit() (send: see there). */
+  exitNaturally?: boolean;
   run(values: Values, positionals: string[]): Promise<number>;
 }
+
+/** Whether the command that ran asked to let node exit on its own. */
+let exitNaturally = false;
 
 const CONFIG = { config: { type: "string", short: "c" } } as const;
 const TIMEOUT = { timeout: { type: "string" } } as const;
@@ -159,6 +161,10 @@ Exit 0 when sent; 8 when the monitor cannot be reached.
       interval: { type: "string" },
     },
     positionals: [1, 4],
+    // The messages may still be in libzmq's queue when the last send resolves; zeromq.js
+    // waits for them (up to the socket's linger) only when node exits on its own, not from
+    // process.exit().
+    exitNaturally: true,
     async run(values, [channel, ...message]) {
       const timeout = seconds(values.timeout, 5) * 1000;
       const { jobMessages, runSend } = await import("./send.ts");
@@ -178,10 +184,6 @@ Exit 0 when sent; 8 when the monitor cannot be reached.
       checkChannel(channel, config);
       const url = config === null ? urlOption(values.zmq, "--zmq", /^tcp:\/\/.+:\d+$/, "tcp://HOST:PORT") : (await import("./monitor-client.ts")).monitorUrls(config).zmq;
       const interval = values.interval === undefined ? 0 : seconds(values.interval, 0, "--interval", true);
-      // The messages may still be in libzmq's queue when the last send resolves; zeromq.js
-      // waits for them (up to the socket's linger) only when node exits on its own, not
-      // from process.exit().
-      exitNaturally = true;
       return runSend({ url, channel, messages, intervalMs: interval * 1000, timeoutMs: timeout }, print);
     },
   },
@@ -358,6 +360,7 @@ async function main(argv: string[]): Promise<number> {
     const synopsis = command.usage.split("\n", 1)[0].replace(/^Usage: /, "");
     return usageError(positionals.length > max ? `unexpected argument '${positionals.slice(max).join(" ")}'` : `missing argument: ${synopsis}`);
   }
+  exitNaturally = command.exitNaturally === true;
   try {
     return await command.run(values, positionals);
   } catch (err) {

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT, tempDir } from "./helpers/monitor-process.ts";
 import { relay } from "./helpers/relay.ts";
@@ -19,6 +19,19 @@ test("--version under env -i prints the package version", { skip }, () => {
   assert.equal(r.status, 0, `exit ${r.status}: ${r.stderr}`);
   assert.equal(r.stdout.trim(), `recodex-monitor ${VERSION}`);
   assert.equal(r.stderr, "", "no warnings (SEA, experimental, missing modules)");
+});
+
+test("the binary runs with the young generation capped at 4 MB per semi-space (build.mjs V8_OPTIONS), and NODE_OPTIONS still adds to it", { skip }, () => {
+  // V8 reports the cap only as a limit it grows towards, so the options the process started
+  // with are what is checked: a probe loaded through NODE_OPTIONS prints them.
+  const probe = join(tempDir("recodex-binary-argv-"), "probe.cjs");
+  writeFileSync(probe, "process.stderr.write('execArgv ' + JSON.stringify(process.execArgv) + '\\n');\n");
+  const r = spawnSync("/usr/bin/env", ["-i", `NODE_OPTIONS=--require ${probe}`, BIN, "--version"], { encoding: "utf8", timeout: 20_000 });
+  assert.equal(r.status, 0, `exit ${r.status}: ${r.stderr}`);
+  const line = /^execArgv (.*)$/m.exec(r.stderr);
+  assert.ok(line, `the probe ran: ${r.stderr}`);
+  assert.ok((JSON.parse(line[1]) as string[]).includes("--max-semi-space-size=4"), line[1]);
+  assert.equal(r.stdout.trim(), `recodex-monitor ${VERSION}`);
 });
 
 test("relay round trip through the binary under env -i; SIGTERM exits 0", { skip, timeout: 60_000 }, async (t) => {

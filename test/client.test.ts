@@ -76,27 +76,41 @@ test("a slow subscriber cut while FINISHED is published does not re-enter the st
   stalled.destroy();
 });
 
-test("small, large and very large messages published in one turn reach a legacy and a resumable client whole and in order", async (t) => {
-  const store = new ChannelStore({ ...DEFAULTS.retention, max_bytes_per_channel: 64 * 1024 * 1024, max_total_bytes: 256 * 1024 * 1024 });
-  const log = new Log({ file: "-", level: "critical", "max-size": 1024 * 1024, rotations: 0 });
-  const gateway = new BrowserGateway(store, settings(64 * 1024 * 1024), log, null);
-  await gateway.listen(["127.0.0.1", 0]);
-  t.after(() => gateway.close({ code: 1001, reason: "test over" }, 1000));
+// A turn's frames as the writer meets them: sizes around the frame header bounds (125/126,
+// 65535/65536) and the shared-bytes threshold (1024); only small ones (one buffer, one
+// write); a large one first, last or alone (several writes, corked together).
+const TURNS: Record<string, number[]> = {
+  mixed: [1, 100, 125, 126, 1000, 1023, 1024, 5000, 65535, 65536, 70000, 3, 200000, 7],
+  small: [1, 2, 3],
+  "large first": [5000, 1, 2],
+  "large last": [1, 2, 5000],
+  "large alone": [70000],
+};
 
-  const legacy = await Browser.open(gateway.port, "job");
-  const resumable = new Browser(`ws://127.0.0.1:${gateway.port}/`, RESUME);
-  await resumable.opened;
-  resumable.ws.send(JSON.stringify({ channel: "job", after: -1 }));
-  await waitUntil(() => gateway.counters.subscriptions === 2, "both clients subscribed");
+for (const [name, sizes] of Object.entries(TURNS)) {
+  test(`messages published in one turn (${name}: ${sizes.join(", ")} bytes) reach a legacy and a resumable client whole and in order`, async (t) => {
+    const store = new ChannelStore({ ...DEFAULTS.retention, max_bytes_per_channel: 64 * 1024 * 1024, max_total_bytes: 256 * 1024 * 1024 });
+    const log = new Log({ file: "-", level: "critical", "max-size": 1024 * 1024, rotations: 0 });
+    const gateway = new BrowserGateway(store, settings(64 * 1024 * 1024), log, null);
+    await gateway.listen(["127.0.0.1", 0]);
+    t.after(() => gateway.close({ code: 1001, reason: "test over" }, 1000));
 
-  // Sizes around the frame header bounds (125/126, 65535/65536) and the shared-bytes threshold.
-  const sizes = [1, 100, 125, 126, 1000, 1023, 1024, 5000, 65535, 65536, 70000, 3, 200000, 7];
-  const sent = sizes.map((n, i) => JSON.stringify({ command: "TASK", task_id: `t${i}`, pad: "y".repeat(n) }));
-  for (const json of sent) store.publish("job", "TASK", json); // one turn: every frame in one flush
-  store.publish("job", "FINISHED", '{"command": "FINISHED"}');
-  await legacy.waitClose();
-  await resumable.waitClose();
-  const expected = [...sent, '{"command": "FINISHED"}'];
-  assert.deepEqual(legacy.messages, expected);
-  assert.deepEqual(unwrap(resumable.messages), expected.map((message, offset) => ({ offset, message })));
-});
+    const legacy = await Browser.open(gateway.port, "job");
+    const resumable = new Browser(`ws://127.0.0.1:${gateway.port}/`, RESUME);
+    await resumable.opened;
+    resumable.ws.send(JSON.stringify({ channel: "job", after: -1 }));
+    await waitUntil(() => gateway.counters.subscriptions === 2, "both clients subscribed");
+
+    const sent = sizes.map((n, i) => JSON.stringify({ command: "TASK", task_id: `t${i}`, pad: "y".repeat(n) }));
+    for (const json of sent) store.publish("job", "TASK", json); // one turn: every frame in one flush
+    // The next turn alone, so that the close is not part of the turn above.
+    await new Promise((r) => setImmediate(r));
+    await waitUntil(() => legacy.messages.length === sent.length && resumable.messages.length === sent.length, "the turn's frames arrived");
+    store.publish("job", "FINISHED", '{"command": "FINISHED"}');
+    await legacy.waitClose();
+    await resumable.waitClose();
+    const expected = [...sent, '{"command": "FINISHED"}'];
+    assert.deepEqual(legacy.messages, expected);
+    assert.deepEqual(unwrap(resumable.messages), expected.map((message, offset) => ({ offset, message })));
+  });
+}
