@@ -50,9 +50,6 @@ interface Command {
   run(values: Values, positionals: string[]): Promise<number>;
 }
 
-/** Whether the command that ran asked to let node exit on its own. */
-let exitNaturally = false;
-
 const CONFIG = { config: { type: "string", short: "c" } } as const;
 const TIMEOUT = { timeout: { type: "string" } } as const;
 
@@ -328,7 +325,8 @@ function checkChannel(channel: string, config: Config | null): void {
   }
 }
 
-async function main(argv: string[]): Promise<number> {
+/** The exit code, or null where it is set already and node is to exit on its own (Command.exitNaturally). */
+async function main(argv: string[]): Promise<number | null> {
   const name = argv[0] !== undefined && Object.hasOwn(COMMANDS, argv[0]) ? argv[0] : null;
   const command = name === null ? MONITOR : COMMANDS[name];
   const hint = `Try 'recodex-monitor${name === null ? "" : ` ${name}`} --help'.`;
@@ -360,13 +358,16 @@ async function main(argv: string[]): Promise<number> {
     const synopsis = command.usage.split("\n", 1)[0].replace(/^Usage: /, "");
     return usageError(positionals.length > max ? `unexpected argument '${positionals.slice(max).join(" ")}'` : `missing argument: ${synopsis}`);
   }
-  exitNaturally = command.exitNaturally === true;
+  let code: number;
   try {
-    return await command.run(values, positionals);
+    code = await command.run(values, positionals);
   } catch (err) {
     if (err instanceof UsageError) return usageError(err.message);
-    return fail(err);
+    code = fail(err);
   }
+  if (command.exitNaturally !== true) return code;
+  process.exitCode = code;
+  return null;
 }
 
 function optionFlags(command: Command): Record<string, true> {
@@ -448,8 +449,7 @@ async function run(loaded: LoadedConfig): Promise<number> {
 
 main(process.argv.slice(2)).then(
   (code) => {
-    if (exitNaturally) process.exitCode = code;
-    else process.exit(code);
+    if (code !== null) process.exit(code);
   },
   (err) => process.exit(fail(err)),
 );

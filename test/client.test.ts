@@ -103,8 +103,7 @@ for (const [name, sizes] of Object.entries(TURNS)) {
 
     const sent = sizes.map((n, i) => JSON.stringify({ command: "TASK", task_id: `t${i}`, pad: "y".repeat(n) }));
     for (const json of sent) store.publish("job", "TASK", json); // one turn: every frame in one flush
-    // The next turn alone, so that the close is not part of the turn above.
-    await new Promise((r) => setImmediate(r));
+    // FINISHED only once the turn's frames arrived, so that the close is no part of that turn.
     await waitUntil(() => legacy.messages.length === sent.length && resumable.messages.length === sent.length, "the turn's frames arrived");
     store.publish("job", "FINISHED", '{"command": "FINISHED"}');
     await legacy.waitClose();
