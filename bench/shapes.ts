@@ -10,6 +10,7 @@ export type Shape = {
   pacedWaves: number;
   pacedChannels: number; // jobs per paced wave (same tabs per job)
   pacedRate: number; // cap of the broker messages per second in the paced waves
+  rounds: number; // alternating floor/monitor rounds unless --rounds says otherwise
 };
 
 /** A shape with no waves: RSS per idle subscribed connection only (after one warm-up wave). */
@@ -17,17 +18,17 @@ export const idleOnly = (shape: Shape) => shape.satWaves === 0;
 
 /** Small shapes for `--smoke` (CI): the same three kinds of load, in well under a minute. */
 export const SMOKE_SHAPES: Shape[] = [
-  { key: "a", title: "20 channels x 1 client", channels: 20, perChannel: 1, idle: 0, satWaves: 3, pacedWaves: 1, pacedChannels: 20, pacedRate: 2000 },
-  { key: "b", title: "100 channels x 2 clients", channels: 100, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 1, pacedChannels: 50, pacedRate: 2000 },
-  { key: "c", title: "1,000 idle + 20 channels x 1", channels: 20, perChannel: 1, idle: 1000, satWaves: 2, pacedWaves: 1, pacedChannels: 20, pacedRate: 2000 },
-  { key: "i", title: "500 idle subscribed connections", channels: 20, perChannel: 1, idle: 500, satWaves: 0, pacedWaves: 0, pacedChannels: 0, pacedRate: 0 },
+  { key: "a", title: "20 channels x 1 client", channels: 20, perChannel: 1, idle: 0, satWaves: 3, pacedWaves: 1, pacedChannels: 20, pacedRate: 2000, rounds: 1 },
+  { key: "b", title: "100 channels x 2 clients", channels: 100, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 1, pacedChannels: 50, pacedRate: 2000, rounds: 1 },
+  { key: "c", title: "1,000 idle + 20 channels x 1", channels: 20, perChannel: 1, idle: 1000, satWaves: 2, pacedWaves: 1, pacedChannels: 20, pacedRate: 2000, rounds: 1 },
+  { key: "i", title: "500 idle subscribed connections", channels: 20, perChannel: 1, idle: 500, satWaves: 0, pacedWaves: 0, pacedChannels: 0, pacedRate: 0, rounds: 1 },
 ];
 
 export const FULL_SHAPES: Shape[] = [
-  { key: "a", title: "100 channels x 1 client", channels: 100, perChannel: 1, idle: 0, satWaves: 10, pacedWaves: 6, pacedChannels: 100, pacedRate: 5000 },
-  { key: "b", title: "1,000 channels x 2 clients", channels: 1000, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 2, pacedChannels: 250, pacedRate: 5000 },
-  { key: "c", title: "10,000 idle + 100 channels x 1", channels: 100, perChannel: 1, idle: 10000, satWaves: 8, pacedWaves: 2, pacedChannels: 100, pacedRate: 5000 },
-  { key: "i", title: "2,000 idle subscribed connections", channels: 100, perChannel: 1, idle: 2000, satWaves: 0, pacedWaves: 0, pacedChannels: 0, pacedRate: 0 },
+  { key: "a", title: "100 channels x 1 client", channels: 100, perChannel: 1, idle: 0, satWaves: 10, pacedWaves: 6, pacedChannels: 100, pacedRate: 5000, rounds: 8 },
+  { key: "b", title: "1,000 channels x 2 clients", channels: 1000, perChannel: 2, idle: 0, satWaves: 2, pacedWaves: 2, pacedChannels: 250, pacedRate: 5000, rounds: 8 },
+  { key: "c", title: "10,000 idle + 100 channels x 1", channels: 100, perChannel: 1, idle: 10000, satWaves: 8, pacedWaves: 2, pacedChannels: 100, pacedRate: 5000, rounds: 4 },
+  { key: "i", title: "2,000 idle subscribed connections", channels: 100, perChannel: 1, idle: 2000, satWaves: 0, pacedWaves: 0, pacedChannels: 0, pacedRate: 0, rounds: 4 },
 ];
 
 /**
