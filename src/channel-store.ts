@@ -4,6 +4,7 @@
 // counted and reported. With store.state_file its channels outlive a graceful restart
 // (state-file.ts writes and reads them; snapshot() and restore() are the store's side).
 import { CLOSE } from "./errors.ts";
+import { BlockPool, History } from "./history.ts";
 import {
   FINISHED_COMMAND,
   newCounters,
@@ -63,11 +64,8 @@ const NO_SUBSCRIBERS: Set<Subscriber> = new NoSubscribers();
 export class Channel implements ChannelInfo {
   readonly id: string;
   subscribers: Set<Subscriber> = NO_SUBSCRIBERS;
-  /** Kept messages are history[head..]; older ones were dropped at a cap. */
-  // History is kept as strings rather than Buffers: small Buffers are slices of shared 8 KB
-  // slabs, and one kept message would pin a whole slab long after its neighbours are gone.
-  history: string[] = [];
-  head = 0;
+  /** Its kept messages (older ones were dropped at a cap), as bytes in the store's blocks (history.ts). */
+  readonly history: History;
   firstOffset = 0;
   nextOffset = 0;
   /** The offset of the channel's first message ever. */
@@ -79,8 +77,9 @@ export class Channel implements ChannelInfo {
   finishedAt = 0;
   truncated = false;
 
-  constructor(id: string, now: number, firstOffset: number) {
+  constructor(id: string, now: number, firstOffset: number, pool: BlockPool) {
     this.id = id;
+    this.history = new History(pool);
     this.baseOffset = firstOffset;
     this.firstOffset = firstOffset;
     this.nextOffset = firstOffset;
@@ -89,7 +88,7 @@ export class Channel implements ChannelInfo {
   }
 
   get kept(): number {
-    return this.history.length - this.head;
+    return this.history.length;
   }
 }
 
@@ -113,6 +112,8 @@ export interface Persistence {
 export class ChannelStore implements Store {
   readonly kind = "memory";
   private readonly channels = new Map<string, Channel>();
+  /** The blocks every channel's history is kept in. */
+  private readonly pool = new BlockPool();
   /** Channels that only browsers have asked for: their subscribers, waiting for a first message. */
   private readonly waiting = new Map<string, { readonly since: number; readonly subs: Set<Subscriber> }>();
   /** Unfinished channels, least recently active first (a Map keeps insertion order). */
@@ -190,7 +191,7 @@ export class ChannelStore implements Store {
       finished: ch.finishedAt !== 0,
       subscribers: ch.subscribers.size,
       lastActivity: ch.lastActivity,
-      last: ch.kept > 0 ? ch.history[ch.history.length - 1] : null,
+      last: ch.kept > 0 ? ch.history.at(ch.kept - 1) : null,
     };
   }
 
@@ -256,10 +257,9 @@ export class ChannelStore implements Store {
       const subs = ch.subscribers;
       ch.subscribers = NO_SUBSCRIBERS;
       for (const sub of subs) sub.end(CLOSE.FINISHED);
-      // It is kept until finished_ttl, read only by late joiners: its history as an array of
-      // its exact size, without the room that pushing left for more.
-      ch.history = ch.history.slice(ch.head);
-      ch.head = 0;
+      // It is kept until finished_ttl, read only by late joiners: without the room that
+      // pushing left for more.
+      ch.history.compact();
     }
     if (this.totalBytes > this.limits.max_total_bytes) this.enforceTotal(ch);
   }
@@ -280,8 +280,8 @@ export class ChannelStore implements Store {
       }
     }
     const history = ch.history;
-    for (let i = ch.head + (from - ch.firstOffset); i < history.length; i++) {
-      sub.send(history[i], ch.firstOffset + (i - ch.head));
+    for (let i = from - ch.firstOffset; i < history.length; i++) {
+      sub.send(history.at(i), ch.firstOffset + i);
       this.counters.replayedMessages++;
     }
     if (ch.finishedAt !== 0) {
@@ -370,7 +370,7 @@ export class ChannelStore implements Store {
         idleMs: Math.max(0, now - ch.lastActivity),
         finishedMs: ch.finishedAt === 0 ? -1 : Math.max(0, now - ch.finishedAt),
         truncated: ch.truncated,
-        history: ch.history.slice(ch.head),
+        history: ch.history.toArray(),
       });
     }
     return { nextBase: this.nextBase, channels };
@@ -394,12 +394,14 @@ export class ChannelStore implements Store {
         dropped++;
         continue;
       }
-      const ch = new Channel(saved.id, now - saved.idleMs, saved.baseOffset);
+      const ch = new Channel(saved.id, now - saved.idleMs, saved.baseOffset, this.pool);
       ch.firstOffset = saved.firstOffset;
       ch.nextOffset = saved.nextOffset;
-      ch.history = [...saved.history];
       ch.truncated = saved.truncated;
-      for (const json of ch.history) ch.bytes += json.length;
+      for (const json of saved.history) {
+        ch.history.push(json);
+        ch.bytes += json.length;
+      }
       this.totalBytes += ch.bytes;
       this.totalMessages += ch.kept;
       this.nextBase = Math.max(this.nextBase, ch.nextOffset + 1);
@@ -424,7 +426,7 @@ export class ChannelStore implements Store {
     // channel that was dropped and comes back under the same id neither reuses an offset of
     // its earlier life nor continues right after it, so a client resuming into the new one
     // is always told of the gap instead of being handed different messages.
-    const ch = new Channel(id, now, this.nextBase++);
+    const ch = new Channel(id, now, this.nextBase++, this.pool);
     this.channels.set(id, ch);
     this.live.set(id, ch);
     return ch;
@@ -434,18 +436,12 @@ export class ChannelStore implements Store {
     const { max_messages_per_channel: maxMessages, max_bytes_per_channel: maxBytes } = this.limits;
     // The last message is never dropped, so FINISHED always reaches late joiners.
     while (ch.kept > 1 && (ch.kept > maxMessages || ch.bytes > maxBytes)) {
-      const old = ch.history[ch.head];
-      ch.history[ch.head] = "";
-      ch.head++;
+      const length = ch.history.shift();
       ch.firstOffset++;
-      ch.bytes -= old.length;
-      this.totalBytes -= old.length;
+      ch.bytes -= length;
+      this.totalBytes -= length;
       this.totalMessages--;
       this.counters.truncatedMessages++;
-    }
-    if (ch.head > 64 && ch.head * 2 > ch.history.length) {
-      ch.history = ch.history.slice(ch.head);
-      ch.head = 0;
     }
     if (!ch.truncated) {
       ch.truncated = true;
@@ -484,6 +480,7 @@ export class ChannelStore implements Store {
     this.finished.delete(ch.id);
     this.totalBytes -= ch.bytes;
     this.totalMessages -= ch.kept;
+    ch.history.release();
     const subs = [...ch.subscribers];
     ch.subscribers = NO_SUBSCRIBERS;
     for (const sub of subs) sub.end(close);

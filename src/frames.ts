@@ -72,8 +72,7 @@ function decode(bytes: Uint8Array): string | null {
 // Nearly every broker frame is printable ASCII without quotes or backslashes: then its bytes
 // are its JSON string's characters, and the message's JSON is the frames' bytes between fixed
 // pieces. Built in one buffer and read back as one latin1 string, it is a flat one-byte
-// string: what history keeps costs its length plus a small header, where a string built by
-// concatenation would keep a tree of a dozen pieces (~7 bytes of heap per character kept).
+// string (a string built by concatenation would be a tree of a dozen pieces).
 
 const PIECES = [
   Buffer.from('{"command": "', "latin1"),
