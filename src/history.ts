@@ -93,7 +93,9 @@ export class History {
     const bytes = wide ? json.length * 2 : json.length;
     const used = this.end - this.base;
     const room = this.blocks.length * BLOCK - used;
-    if (bytes <= room) {
+    if (bytes === 0) {
+      // Nothing to write (and maybe no block yet).
+    } else if (bytes <= room) {
       const block = this.blocks[this.blocks.length - 1];
       this.pool.slab(block).write(json, offsetOf(block) + (used & (BLOCK - 1)), bytes, wide ? "utf16le" : "latin1");
     } else {

@@ -467,3 +467,25 @@ test("close ends waiting subscribers too", () => {
   assert.equal(w.code(), 1001);
   assert.equal(store.waitingChannels, 0);
 });
+
+test("history survives a snapshot and a restore byte for byte, whatever its characters, and a dropped channel's blocks hold nothing for the next", () => {
+  const { store, publish } = setup();
+  const odd = ['{"command": "TASK", "task_id": "úloha", "task_state": "OK"}', '{"command": "TASK", "task_id": "\ud800", "task_state": "🚀"}'];
+  publish("c", "STARTED");
+  for (const json of odd) store.publish("c", "TASK", json);
+  for (let i = 0; i < 30; i++) publish("c", "TASK", `, "task_id": "t${i}", "task_state": "COMPLETED"`);
+  const saved = store.snapshot();
+  const again = setup().store;
+  again.restore(saved);
+  const sub = new Sub();
+  again.subscribe("c", sub);
+  assert.deepEqual(sub.got, saved.channels[0].history);
+  assert.deepEqual(sub.got.slice(1, 3), odd);
+  assert.equal(again.totalBytes, store.totalBytes);
+  // Dropped, its blocks go to the next channel, which replays only its own messages.
+  again.clear({ code: 1001, reason: "shutdown" });
+  again.publish("d", "STARTED", msg("STARTED"));
+  const late = new Sub();
+  again.subscribe("d", late);
+  assert.deepEqual(late.got, [msg("STARTED")]);
+});

@@ -24,6 +24,18 @@ test("messages come back exactly: ASCII, latin1, other scripts, emoji, a lone su
   messages.forEach((m, i) => assert.equal(h.at(i), m));
 });
 
+test("an empty message first, and only empty messages, come back too", () => {
+  const pool = new BlockPool();
+  const h = new History(pool);
+  h.push("");
+  h.push("");
+  assert.deepEqual(h.toArray(), ["", ""]);
+  h.push('{"command": "FINISHED"}');
+  assert.equal(h.shift(), 0);
+  assert.deepEqual(h.toArray(), ["", '{"command": "FINISHED"}']);
+  assert.equal(pool.size > 0, true);
+});
+
 test("messages larger than a block, and messages that straddle blocks, come back whole", () => {
   const pool = new BlockPool();
   const h = new History(pool);
