@@ -97,7 +97,7 @@ export class History {
       // Nothing to write (and maybe no block yet).
     } else if (bytes <= room) {
       const block = this.blocks[this.blocks.length - 1];
-      this.pool.slab(block).write(json, offsetOf(block) + (used & (BLOCK - 1)), bytes, wide ? "utf16le" : "latin1");
+      this.pool.slab(block).write(json, offsetOf(block) + (used % BLOCK), bytes, wide ? "utf16le" : "latin1");
     } else {
       const src = this.pool.encode(json, bytes, wide);
       let from = 0;
@@ -166,9 +166,11 @@ export class History {
   private read(from: number, to: number, wide: boolean): string {
     if (to === from) return "";
     const encoding = wide ? "utf16le" : "latin1";
-    const first = (from - this.base) >>> BLOCK_SHIFT;
-    const last = (to - 1 - this.base) >>> BLOCK_SHIFT;
-    const at = (from - this.base) & (BLOCK - 1);
+    // Positions relative to blocks[0] can pass 2^31 (retention.max_bytes_per_channel has no
+    // ceiling, and UTF-16 doubles it): plain arithmetic, not 32-bit operators.
+    const first = Math.floor((from - this.base) / BLOCK);
+    const last = Math.floor((to - 1 - this.base) / BLOCK);
+    const at = (from - this.base) % BLOCK;
     if (first === last) {
       const block = this.blocks[first];
       const o = offsetOf(block) + at;
@@ -178,7 +180,7 @@ export class History {
     for (let b = first; b <= last; b++) {
       const block = this.blocks[b];
       const lo = b === first ? at : 0;
-      const hi = b === last ? ((to - 1 - this.base) & (BLOCK - 1)) + 1 : BLOCK;
+      const hi = b === last ? ((to - 1 - this.base) % BLOCK) + 1 : BLOCK;
       parts.push(this.pool.slab(block).subarray(offsetOf(block) + lo, offsetOf(block) + hi));
     }
     return Buffer.concat(parts).toString(encoding);
