@@ -22,13 +22,15 @@ const BLOCK_SHIFT = 9;
 const SLAB = 1 << 20;
 const SLAB_SHIFT = 20 - BLOCK_SHIFT;
 const IN_SLAB = (1 << SLAB_SHIFT) - 1;
+/** Messages up to this size that span blocks are encoded in the pool's scratch buffer. */
+const SCRATCH_MAX = 64 * 1024;
 
 /** The blocks of one store's channels. Blocks are numbered: slab * blocks-per-slab + index in the slab. */
 export class BlockPool {
   private readonly slabs: Buffer[] = [];
   private readonly free: number[] = [];
   /** For messages that span blocks: their bytes, encoded once. */
-  private scratch = Buffer.allocUnsafeSlow(BLOCK * 8);
+  private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_MAX);
 
   take(): number {
     if (this.free.length === 0) {
@@ -54,9 +56,10 @@ export class BlockPool {
   }
 
   encode(json: string, bytes: number, wide: boolean): Buffer {
-    if (this.scratch.length < bytes) this.scratch = Buffer.allocUnsafeSlow(Math.max(bytes, this.scratch.length * 2));
-    this.scratch.write(json, 0, bytes, wide ? "utf16le" : "latin1");
-    return this.scratch;
+    // A rare large message gets a buffer of its own, so that the pool does not keep one that size.
+    const out = bytes <= SCRATCH_MAX ? this.scratch : Buffer.allocUnsafeSlow(bytes);
+    out.write(json, 0, bytes, wide ? "utf16le" : "latin1");
+    return out;
   }
 }
 

@@ -45,6 +45,8 @@ test("messages larger than a block, and messages that straddle blocks, come back
     const n = [1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 7, 90][i % 6] + i;
     messages.push(i % 5 === 4 ? "ž".repeat(n) : String.fromCharCode(97 + (i % 26)).repeat(n));
   }
+  // Larger than the pool's scratch buffer (64 KB): encoded in a buffer of their own.
+  messages.push("q".repeat(100_000), "ě".repeat(40_000), '{"command": "FINISHED"}');
   for (const m of messages) h.push(m);
   assert.deepEqual(filled(h), messages);
 });
