@@ -154,6 +154,10 @@ export class ChannelStore implements Store {
     return this.channels.size;
   }
 
+  get historyBufferBytes(): number {
+    return this.pool.size;
+  }
+
   get waitingChannels(): number {
     return this.waiting.size;
   }

@@ -113,6 +113,7 @@ export class HttpEndpoints {
     gauge("recodex_monitor_channels", "Channels kept", () => m.store.size);
     gauge("recodex_monitor_stored_messages", "Messages kept for replay", () => m.store.totalMessages);
     gauge("recodex_monitor_stored_bytes", "Bytes of messages kept for replay", () => m.store.totalBytes);
+    gauge("recodex_monitor_history_buffer_bytes", "Bytes of the buffers the memory store keeps history in, used or free for reuse (0 with the Redis store)", () => m.store.historyBufferBytes);
     gauge("recodex_monitor_zeromq_peers", "Connected ZeroMQ peers (brokers)", () => m.broker.peers);
     gauge("recodex_monitor_ready", "1 when ready to serve, 0 while starting or draining", () => (m.state === "ready" ? 1 : 0));
     gauge("recodex_monitor_start_time_seconds", "When the monitor process started, in seconds since the Unix epoch", () => STARTED_AT);

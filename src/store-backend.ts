@@ -112,6 +112,8 @@ export interface ChannelStore {
   readonly waitingChannels: number;
   readonly totalMessages: number;
   readonly totalBytes: number;
+  /** Bytes of the buffers this node keeps history in, used or free for reuse (0 where history lives elsewhere). */
+  readonly historyBufferBytes: number;
   /** Messages received but not yet where the backend keeps them (Redis store: not yet written). */
   readonly pending: number;
 

@@ -148,6 +148,9 @@ export class RedisStore implements ChannelStore {
     return this.stats.bytes;
   }
 
+  /** History lives in Redis. */
+  readonly historyBufferBytes = 0;
+
   get pending(): number {
     return this.ingest.pending;
   }

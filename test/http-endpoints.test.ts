@@ -111,6 +111,8 @@ test("/metrics counts connections, channels, stored messages and bytes, messages
   assert.equal(got.value("recodex_monitor_channels"), 1);
   assert.equal(got.value("recodex_monitor_stored_messages"), 2);
   assert.equal(got.value("recodex_monitor_stored_bytes"), bytes);
+  // The first of the memory store's 1 MB buffers of history blocks.
+  assert.equal(got.value("recodex_monitor_history_buffer_bytes"), 1024 * 1024);
   assert.equal(got.value("recodex_monitor_messages_in_total"), 2);
   assert.equal(got.value("recodex_monitor_messages_out_total"), 4);
   assert.equal(got.value("recodex_monitor_messages_out_bytes_total"), 2 * bytes);
