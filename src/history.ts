@@ -72,8 +72,9 @@ const offsetOf = (block: number) => (block & IN_SLAB) << BLOCK_SHIFT;
  */
 export class History {
   private readonly pool: BlockPool;
-  /** Its blocks in order; blocks[0] starts at position `base`. */
+  /** Its blocks in order: blocks[first..]; blocks[first] starts at position `base`. */
   private blocks: number[] = [];
+  private first = 0;
   private base = 0;
   /** Where each message ends; negative for a message kept as UTF-16. Messages head.. are kept. */
   private ends: number[] = [];
@@ -95,7 +96,7 @@ export class History {
     const wide = Buffer.byteLength(json, "utf8") !== json.length;
     const bytes = wide ? json.length * 2 : json.length;
     const used = this.end - this.base;
-    const room = this.blocks.length * BLOCK - used;
+    const room = (this.blocks.length - this.first) * BLOCK - used;
     if (bytes === 0) {
       // Nothing to write (and maybe no block yet).
     } else if (bytes <= room) {
@@ -136,25 +137,28 @@ export class History {
     const length = stop < 0 ? (-stop - this.start) / 2 : stop - this.start;
     this.head++;
     this.start = Math.abs(stop);
-    while (this.blocks.length > 1 && this.start - this.base >= BLOCK) {
-      this.pool.give(this.blocks.shift()!);
+    // Blocks wholly before the oldest kept message go back; the last one stays for the next.
+    while (this.blocks.length - this.first > 1 && this.start - this.base >= BLOCK) {
+      this.pool.give(this.blocks[this.first++]);
       this.base += BLOCK;
     }
-    if (this.head > 64 && this.head * 2 > this.ends.length) this.compact();
+    if ((this.head > 64 && this.head * 2 > this.ends.length) || (this.first > 64 && this.first * 2 > this.blocks.length)) this.compact();
     return length;
   }
 
-  /** Leaves no room in its list of message ends (a finished channel gets no more). */
+  /** Drops what the lists still hold of dropped messages and blocks, and the room pushing left in them. */
   compact(): void {
     this.ends = this.ends.slice(this.head);
-    this.blocks = this.blocks.slice();
     this.head = 0;
+    this.blocks = this.blocks.slice(this.first);
+    this.first = 0;
   }
 
   /** Gives every block back; the history is empty after it. */
   release(): void {
-    for (const block of this.blocks) this.pool.give(block);
+    for (let b = this.first; b < this.blocks.length; b++) this.pool.give(this.blocks[b]);
     this.blocks = [];
+    this.first = 0;
     this.ends = [];
     this.head = 0;
     this.base = this.start = this.end = 0;
@@ -171,8 +175,8 @@ export class History {
     const encoding = wide ? "utf16le" : "latin1";
     // Positions relative to blocks[0] can pass 2^31 (retention.max_bytes_per_channel has no
     // ceiling, and UTF-16 doubles it): plain arithmetic, not 32-bit operators.
-    const first = Math.floor((from - this.base) / BLOCK);
-    const last = Math.floor((to - 1 - this.base) / BLOCK);
+    const first = this.first + Math.floor((from - this.base) / BLOCK);
+    const last = this.first + Math.floor((to - 1 - this.base) / BLOCK);
     const at = (from - this.base) % BLOCK;
     if (first === last) {
       const block = this.blocks[first];
