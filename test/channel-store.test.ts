@@ -468,7 +468,7 @@ test("close ends waiting subscribers too", () => {
   assert.equal(store.waitingChannels, 0);
 });
 
-test("history survives a snapshot and a restore byte for byte, whatever its characters, and a dropped channel's blocks hold nothing for the next", () => {
+test("history survives a snapshot and a restore byte for byte, whatever its characters", () => {
   const { store, publish } = setup();
   const odd = ['{"command": "TASK", "task_id": "úloha", "task_state": "OK"}', '{"command": "TASK", "task_id": "\ud800", "task_state": "🚀"}'];
   publish("c", "STARTED");
@@ -482,10 +482,28 @@ test("history survives a snapshot and a restore byte for byte, whatever its char
   assert.deepEqual(sub.got, saved.channels[0].history);
   assert.deepEqual(sub.got.slice(1, 3), odd);
   assert.equal(again.totalBytes, store.totalBytes);
-  // Dropped, its blocks go to the next channel, which replays only its own messages.
-  again.clear({ code: 1001, reason: "shutdown" });
-  again.publish("d", "STARTED", msg("STARTED"));
+});
+
+test("blocks of dropped channels and of messages trimmed at a cap go back for reuse: as much history again needs no new buffer", () => {
+  const { store, publish } = setup({ max_bytes_per_channel: 16 * 1024, max_messages_per_channel: 1e9 });
+  // ~3 MB through one capped channel: without trimmed blocks coming back, three buffers.
+  for (let i = 0; i < 50_000; i++) publish("capped", "TASK", `, "task_id": "t${i}", "task_state": "COMPLETED"`);
+  assert.equal(store.historyBufferBytes, 1024 * 1024);
+  const sub = new Sub();
+  store.subscribe("capped", sub);
+  assert.equal(sub.got.at(-1), msg("TASK", ', "task_id": "t49999", "task_state": "COMPLETED"'));
+  assert.ok(sub.got.length > 100 && sub.got.length < 400, `${sub.got.length} kept`);
+  // Channels dropped at shutdown give theirs back: as much history again needs no new buffer.
+  const fill = (prefix: string) => {
+    for (let c = 0; c < 500; c++) for (let m = 0; m < 40; m++) publish(`${prefix}${c}`, "TASK", `, "task_id": "t${m}", "task_state": "COMPLETED"`);
+  };
+  fill("a");
+  const size = store.historyBufferBytes;
+  assert.ok(size >= 2 * 1024 * 1024, `${size} bytes of buffers`);
+  store.clear({ code: 1001, reason: "shutdown" });
+  fill("b");
+  assert.equal(store.historyBufferBytes, size);
   const late = new Sub();
-  again.subscribe("d", late);
-  assert.deepEqual(late.got, [msg("STARTED")]);
+  store.subscribe("b7", late);
+  assert.deepEqual(late.got, Array.from({ length: 40 }, (_, m) => msg("TASK", `, "task_id": "t${m}", "task_state": "COMPLETED"`)));
 });

@@ -55,14 +55,16 @@ test("shift drops the oldest, gives its JSON length, and hands emptied blocks ba
   const pool = new BlockPool();
   const h = new History(pool);
   const other = new History(pool);
-  const messages = Array.from({ length: 200 }, (_, i) => (i % 3 === 0 ? `{"n": "${i} ✓"}` : `{"command": "TASK", "n": ${i}}`).padEnd(60 + (i % 50), " "));
+  // ~1.6 MB: two of the pool's 1 MB buffers.
+  const messages = Array.from({ length: 200 }, (_, i) => (i % 3 === 0 ? `{"n": "${i} ✓"}` : `{"command": "TASK", "n": ${i}}`).padEnd(i % 3 === 0 ? 4000 : 8000 + (i % 50), " "));
   for (const m of messages) h.push(m);
   for (let i = 0; i < 150; i++) assert.equal(h.shift(), messages[i].length, `message ${i}`);
   assert.equal(h.length, 50);
   assert.deepEqual(filled(h), messages.slice(150));
-  // The blocks the dropped messages took are reused: a second history of the same size fits
-  // in the slab the pool has, without another.
+  // The blocks the dropped messages took are reused: a second history as large as what was
+  // dropped fits in the buffers the pool has, without another.
   const size = pool.size;
+  assert.equal(size, 2 * 1024 * 1024);
   for (const m of messages.slice(0, 150)) other.push(m);
   assert.equal(pool.size, size);
   assert.deepEqual(filled(other), messages.slice(0, 150));
