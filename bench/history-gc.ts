@@ -5,12 +5,13 @@
 //   none    not at all (the floor),
 //   keep    as a string in the channel's array (what src/channel-store.ts does),
 //   chunk8  joined into one string per 8 messages of a channel,
-//   pool    as bytes in 4 KB blocks carved from 1 MB buffers that are never freed (off the V8
-//           heap, no ArrayBuffer per channel), with each message's end in an array of numbers.
+//   pool    as src/history.ts keeps it (what the monitor does): bytes in pooled 512-byte blocks
+//           outside the V8 heap, each message's end in an array of numbers.
 // bench/README.md, "The paced p99", quotes what it measured.
 //
 //   node --max-semi-space-size=4 bench/history-gc.ts VARIANT [MESSAGES]
 import { PerformanceObserver, constants } from "node:perf_hooks";
+import { BlockPool, History } from "../src/history.ts";
 
 const VARIANTS = ["none", "keep", "chunk8", "pool"] as const;
 type Variant = (typeof VARIANTS)[number];
@@ -23,8 +24,6 @@ if (!VARIANTS.includes(variant) || !Number.isInteger(messages) || messages < 1) 
 
 const ACTIVE = 100;
 const PER_JOB = 40;
-const BLOCK = 4096;
-const SLAB = 1 << 20;
 
 let scavenges = 0;
 let scavengeMs = 0;
@@ -38,17 +37,9 @@ new PerformanceObserver((list) => {
   }
 }).observe({ entryTypes: ["gc"] });
 
-const free: Buffer[] = [];
-function block(): Buffer {
-  if (free.length === 0) {
-    const slab = Buffer.allocUnsafeSlow(SLAB);
-    for (let at = 0; at < SLAB; at += BLOCK) free.push(slab.subarray(at, at + BLOCK));
-  }
-  return free.pop()!;
-}
-
-type Job = { strings: string[]; tail: string[]; blocks: Buffer[]; ends: number[]; used: number; count: number };
-const newJob = (): Job => ({ strings: [], tail: [], blocks: variant === "pool" ? [block()] : [], ends: [], used: 0, count: 0 });
+const pool = new BlockPool();
+type Job = { strings: string[]; tail: string[]; history: History; count: number };
+const newJob = (): Job => ({ strings: [], tail: [], history: new History(pool), count: 0 });
 
 const kept: Job[] = [];
 const running: Job[] = Array.from({ length: ACTIVE }, newJob);
@@ -71,13 +62,7 @@ for (let i = 0; i < messages; i++) {
       job.tail.length = 0;
     }
   } else if (variant === "pool") {
-    let last = job.blocks[job.blocks.length - 1];
-    if (job.used + json.length > BLOCK) {
-      job.blocks.push((last = block()));
-      job.used = 0;
-    }
-    job.used += last.write(json, job.used, "latin1");
-    job.ends.push(job.used);
+    job.history.push(json);
   }
   if (++job.count === PER_JOB) {
     kept.push(job);
